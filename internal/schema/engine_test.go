@@ -1,0 +1,570 @@
+package schema_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLinearRunCompletes(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("linear", "", step{slug: "a"}, step{slug: "b", deps: []string{"a"}}, step{slug: "c", deps: []string{"b"}})
+	run := e.start("linear", `{"n": 1}`)
+
+	for i, want := range []struct{ step, deps, output string }{
+		{"a", "", `{"a": 1}`},
+		{"b", `{"a": {"a": 1}}`, `"b-out"`},
+		{"c", `{"b": "b-out"}`, `[1, 2]`},
+	} {
+		tasks := e.claim(10, "linear.a", "linear.b", "linear.c")
+		if len(tasks) != 1 || tasks[0].Step != want.step {
+			t.Fatalf("round %d: claimed %+v, want one task of %s", i, tasks, want.step)
+		}
+		jsonEqual(t, "run input", tasks[0].RunInput, `{"n": 1}`)
+		if want.deps == "" {
+			if tasks[0].Deps != "" {
+				t.Errorf("step %s: deps %s, want none", want.step, tasks[0].Deps)
+			}
+		} else {
+			jsonEqual(t, "deps of "+want.step, tasks[0].Deps, want.deps)
+		}
+		if !e.complete(tasks[0], want.output) {
+			t.Fatalf("complete %s: not applied", want.step)
+		}
+	}
+	r := e.run(run)
+	if r.Status != "completed" || r.RemainingSteps != 0 {
+		t.Fatalf("run: status %s, remaining %d", r.Status, r.RemainingSteps)
+	}
+	jsonEqual(t, "run output", string(r.Output), `{"c": [1, 2]}`)
+}
+
+func TestDiamondWaitsForBothDeps(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("diamond", "",
+		step{slug: "root"},
+		step{slug: "left", deps: []string{"root"}},
+		step{slug: "right", deps: []string{"root"}},
+		step{slug: "join", deps: []string{"left", "right"}})
+	all := []string{"diamond.root", "diamond.left", "diamond.right", "diamond.join"}
+	run := e.start("diamond", `{}`)
+
+	root := e.claim(10, all...)
+	e.complete(root[0], `"r"`)
+	branches := e.claim(10, all...)
+	if len(branches) != 2 || branches[0].Step != "left" || branches[1].Step != "right" {
+		t.Fatalf("claimed %+v, want left and right", branches)
+	}
+	e.complete(branches[0], `"L"`)
+	if got := e.claim(10, all...); len(got) != 0 {
+		t.Fatalf("join started before both deps completed: %+v", got)
+	}
+	e.complete(branches[1], `"R"`)
+	join := e.claim(10, all...)
+	if len(join) != 1 || join[0].Step != "join" {
+		t.Fatalf("claimed %+v, want join", join)
+	}
+	jsonEqual(t, "join deps", join[0].Deps, `{"left": "L", "right": "R"}`)
+	e.complete(join[0], `{"ok": true}`)
+
+	r := e.run(run)
+	if r.Status != "completed" {
+		t.Fatalf("run status %s", r.Status)
+	}
+	jsonEqual(t, "run output", string(r.Output), `{"join": {"ok": true}}`)
+}
+
+// fanoutFlow is prepare (single) -> items (fanout) -> gather (single).
+func fanoutFlow(e *engine, slug string) {
+	e.flow(slug, "",
+		step{slug: "prepare"},
+		step{slug: "items", deps: []string{"prepare"}, fanout: true},
+		step{slug: "gather", deps: []string{"items"}})
+}
+
+func TestFanout(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		prepared string   // output of prepare
+		outputs  []string // output of each fanout task, by index
+		order    []int    // order in which tasks are completed
+		want     string   // aggregated output of the fanout step
+	}{
+		{"three in reverse", `["a", "b", "c"]`, []string{`"A"`, `"B"`, `"C"`}, []int{2, 1, 0}, `["A", "B", "C"]`},
+		{"three interleaved", `["a", "b", "c"]`, []string{`1`, `2`, `3`}, []int{1, 2, 0}, `[1, 2, 3]`},
+		{"one element", `[{"x": 1}]`, []string{`{"y": 2}`}, []int{0}, `[{"y": 2}]`},
+		{"null outputs keep their positions", `[1, 2, 3, 4]`, []string{`null`, `"b"`, `null`, `"d"`}, []int{3, 0, 2, 1}, `[null, "b", null, "d"]`},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEngine(t)
+			slug := fmt.Sprintf("fan%d", i)
+			fanoutFlow(e, slug)
+			run := e.start(slug, `{}`)
+			prep := e.claim(10, slug+".prepare")
+			e.complete(prep[0], tc.prepared)
+
+			tasks := e.claim(100, slug+".items")
+			var elems []any
+			mustUnmarshal(t, tc.prepared, &elems)
+			if len(tasks) != len(elems) {
+				t.Fatalf("claimed %d fanout tasks, want %d", len(tasks), len(elems))
+			}
+			for i, k := range tasks {
+				if k.Index != i {
+					t.Errorf("task %d has index %d", i, k.Index)
+				}
+				jsonEqual(t, fmt.Sprintf("item of task %d", i), k.Item, mustMarshal(t, elems[i]))
+				if k.Deps != "" {
+					t.Errorf("fanout task got deps %s", k.Deps)
+				}
+			}
+			for n, idx := range tc.order {
+				e.complete(tasks[idx], tc.outputs[idx])
+				if n < len(tc.order)-1 && e.stepOutput(run, "items") != "" {
+					t.Fatalf("fanout output set before its last task completed")
+				}
+			}
+			jsonEqual(t, "fanout output", e.stepOutput(run, "items"), tc.want)
+			gather := e.claim(10, slug+".gather")
+			if len(gather) != 1 {
+				t.Fatalf("gather not started: %+v", gather)
+			}
+			jsonEqual(t, "gather deps", gather[0].Deps, `{"items": `+tc.want+`}`)
+		})
+	}
+}
+
+func TestEmptyFanout(t *testing.T) {
+	t.Parallel()
+	t.Run("completes at once and starts its dependent", func(t *testing.T) {
+		t.Parallel()
+		e := newEngine(t)
+		fanoutFlow(e, "empty")
+		run := e.start("empty", `{}`)
+		prep := e.claim(10, "empty.prepare")
+		e.complete(prep[0], `[]`)
+		if got := e.stepOutput(run, "items"); got != "[]" {
+			t.Fatalf("fanout output %q, want []", got)
+		}
+		if s := e.run(run).stepStatuses()["items"]; s != "completed" {
+			t.Fatalf("fanout status %s", s)
+		}
+		gather := e.claim(10, "empty.items", "empty.gather")
+		if len(gather) != 1 || gather[0].Step != "gather" {
+			t.Fatalf("claimed %+v, want gather", gather)
+		}
+		jsonEqual(t, "gather deps", gather[0].Deps, `{"items": []}`)
+	})
+	t.Run("a chain of empty fanouts completes in one call", func(t *testing.T) {
+		t.Parallel()
+		e := newEngine(t)
+		e.flow("chain", "",
+			step{slug: "prepare"},
+			step{slug: "first", deps: []string{"prepare"}, fanout: true},
+			step{slug: "second", deps: []string{"first"}, fanout: true},
+			step{slug: "last", deps: []string{"second"}})
+		run := e.start("chain", `{}`)
+		prep := e.claim(10, "chain.prepare")
+		e.complete(prep[0], `[]`)
+		st := e.run(run).stepStatuses()
+		if st["first"] != "completed" || st["second"] != "completed" || st["last"] != "started" {
+			t.Fatalf("step statuses %v", st)
+		}
+	})
+	t.Run("a run of taskless steps completes inside start_flow", func(t *testing.T) {
+		t.Parallel()
+		e := newEngine(t)
+		e.flow("taskless", "",
+			step{slug: "first", fanout: true},
+			step{slug: "second", deps: []string{"first"}, fanout: true})
+		run := e.start("taskless", `[]`)
+		r := e.run(run)
+		if r.Status != "completed" {
+			t.Fatalf("run status %s, want completed", r.Status)
+		}
+		jsonEqual(t, "run output", string(r.Output), `{"second": []}`)
+	})
+}
+
+func TestFanoutOverNonArrayFailsTheRun(t *testing.T) {
+	t.Parallel()
+	for i, tc := range []struct{ output, typ string }{
+		{`{"a": 1}`, "object"},
+		{`"text"`, "string"},
+		{`42`, "number"},
+		{`true`, "boolean"},
+		{`null`, "null"},
+	} {
+		t.Run(tc.typ, func(t *testing.T) {
+			t.Parallel()
+			e := newEngine(t)
+			slug := fmt.Sprintf("bad%d", i)
+			fanoutFlow(e, slug)
+			run := e.start(slug, `{}`)
+			prep := e.claim(10, slug+".prepare")
+			// No error reaches the caller; the producing task counts as completed.
+			if !e.complete(prep[0], tc.output) {
+				t.Fatalf("complete: not applied")
+			}
+			r := e.run(run)
+			if r.Status != "failed" {
+				t.Fatalf("run status %s, want failed", r.Status)
+			}
+			msg := deref(r.ErrorMessage)
+			for _, want := range []string{`"items"`, `"prepare"`, tc.typ} {
+				if !strings.Contains(msg, want) {
+					t.Errorf("error %q does not name %s", msg, want)
+				}
+			}
+			if deref(r.ErrorStep) != "items" {
+				t.Errorf("error step %q, want items", deref(r.ErrorStep))
+			}
+			jsonEqual(t, "kept output", e.stepOutput(run, "prepare"), tc.output)
+			if n := e.liveTasks(run); n != 0 {
+				t.Errorf("%d tasks of the failed run are still live", n)
+			}
+			if got := e.claim(10, slug+".prepare", slug+".items", slug+".gather"); len(got) != 0 {
+				t.Errorf("claimed %+v from a failed run", got)
+			}
+		})
+	}
+}
+
+func TestRootFanout(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("root", "", step{slug: "each", fanout: true}, step{slug: "sum", deps: []string{"each"}})
+	run := e.start("root", `[10, 20]`)
+	tasks := e.claim(10, "root.each")
+	if len(tasks) != 2 || tasks[0].Item != "10" || tasks[1].Item != "20" {
+		t.Fatalf("claimed %+v", tasks)
+	}
+	e.complete(tasks[1], `21`)
+	e.complete(tasks[0], `11`)
+	sum := e.claim(10, "root.sum")
+	jsonEqual(t, "sum deps", sum[0].Deps, `{"each": [11, 21]}`)
+
+	runsBefore := scalar[int](e, "SELECT count(*)::int FROM pgflow.runs")
+	for _, input := range []string{`{"a": 1}`, `"x"`, `3`, `false`, `null`} {
+		pgErr := e.startErr("root", input)
+		if pgErr.Code != "PF002" || !strings.Contains(pgErr.Message, `"root"`) || !strings.Contains(pgErr.Message, "JSON array") {
+			t.Errorf("input %s: error %s %q", input, pgErr.Code, pgErr.Message)
+		}
+	}
+	if n := scalar[int](e, "SELECT count(*)::int FROM pgflow.runs"); n != runsBefore {
+		t.Errorf("rejected inputs created %d runs", n-runsBefore)
+	}
+	jsonEqual(t, "input kept", scalar[string](e, "SELECT input::text FROM pgflow.runs WHERE run_id = $1::uuid", run), `[10, 20]`)
+}
+
+func TestRetries(t *testing.T) {
+	t.Parallel()
+	t.Run("failure requeues after the backoff", func(t *testing.T) {
+		t.Parallel()
+		e := newEngine(t)
+		e.flow("retry", "max_attempts => 3, base_delay => '10 seconds'", step{slug: "a"})
+		run := e.start("retry", `{}`)
+		k := e.claim(1, "retry.a")[0]
+		for n, wantDelay := range []float64{10, 20} {
+			if got := e.fail(k, fmt.Sprintf("boom %d", n+1), false); got != "queued" {
+				t.Fatalf("failure %d: task status %q, want queued", n+1, got)
+			}
+			delay := scalar[float64](e, "SELECT extract(epoch FROM visible_at - now()) FROM pgflow.step_tasks WHERE run_id = $1::uuid", run)
+			if delay < wantDelay-2 || delay > wantDelay+0.5 {
+				t.Errorf("failure %d: visible in %.1fs, want about %.0fs", n+1, delay, wantDelay)
+			}
+			if got := e.claim(1, "retry.a"); len(got) != 0 {
+				t.Fatalf("failure %d: task claimable before its delay", n+1)
+			}
+			e.makeVisible(run)
+			k = e.claim(1, "retry.a")[0]
+			if k.Attempt != n+2 {
+				t.Fatalf("attempt %d, want %d", k.Attempt, n+2)
+			}
+		}
+		if got := e.fail(k, "boom 3", false); got != "failed" {
+			t.Fatalf("last failure: task status %q, want failed", got)
+		}
+		r := e.run(run)
+		if r.Status != "failed" || deref(r.ErrorStep) != "a" || deref(r.ErrorMessage) != "boom 3" {
+			t.Fatalf("run %+v", r)
+		}
+		if r.stepStatuses()["a"] != "failed" {
+			t.Errorf("step status %s", r.stepStatuses()["a"])
+		}
+	})
+	t.Run("exhausting attempts removes the run's queued tasks", func(t *testing.T) {
+		t.Parallel()
+		e := newEngine(t)
+		e.flow("exhaust", "max_attempts => 5", step{slug: "each", fanout: true, extra: "max_attempts => 1"})
+		run := e.start("exhaust", `[1, 2, 3, 4]`)
+		k := e.claim(1, "exhaust.each")
+		if got := e.fail(k[0], "bad item", false); got != "failed" {
+			t.Fatalf("status %q: step option max_attempts => 1 should override the flow's 5", got)
+		}
+		r := e.run(run)
+		if r.Status != "failed" || deref(r.ErrorTaskIndex) != 0 {
+			t.Fatalf("run %+v", r)
+		}
+		if n := e.liveTasks(run); n != 0 {
+			t.Fatalf("%d live tasks left", n)
+		}
+		if got := e.claim(10, "exhaust.each"); len(got) != 0 {
+			t.Fatalf("claimed %+v", got)
+		}
+	})
+	t.Run("permanent error fails at once", func(t *testing.T) {
+		t.Parallel()
+		e := newEngine(t)
+		e.flow("perm", "max_attempts => 5", step{slug: "a"})
+		run := e.start("perm", `{}`)
+		k := e.claim(1, "perm.a")[0]
+		if got := e.fail(k, "invalid input", true); got != "failed" {
+			t.Fatalf("status %q", got)
+		}
+		if r := e.run(run); r.Status != "failed" {
+			t.Fatalf("run %s", r.Status)
+		}
+	})
+	t.Run("step options override flow options", func(t *testing.T) {
+		t.Parallel()
+		e := newEngine(t)
+		e.flow("opts", "max_attempts => 2, base_delay => '1 second', timeout => '1 minute'",
+			step{slug: "a", extra: "max_attempts => 4, base_delay => '30 seconds', timeout => '7 seconds'"},
+			step{slug: "b", deps: []string{"a"}})
+		e.start("opts", `{}`)
+		k := e.claim(1, "opts.a")[0]
+		if k.Timeout != 7*time.Second {
+			t.Errorf("timeout %s, want the step's 7s", k.Timeout)
+		}
+		e.fail(k, "x", false)
+		delay := scalar[float64](e, "SELECT extract(epoch FROM visible_at - now()) FROM pgflow.step_tasks WHERE step_slug = 'a'")
+		if delay < 28 || delay > 30.5 {
+			t.Errorf("retry in %.1fs, want the step's 30s", delay)
+		}
+		opts := scalar[string](e, "SELECT format('%s/%s/%s', max_attempts, base_delay, timeout) FROM pgflow.step_options WHERE step_slug = 'b'")
+		if opts != "2/00:00:01/00:01:00" {
+			t.Errorf("step b inherits %s, want the flow's 2/00:00:01/00:01:00", opts)
+		}
+	})
+}
+
+func TestExpiredLease(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("lease", "max_attempts => 2, base_delay => '0'", step{slug: "a"})
+	run := e.start("lease", `{}`)
+	first := e.claim(1, "lease.a")[0]
+	if got := e.claim(1, "lease.a"); len(got) != 0 {
+		t.Fatalf("a leased task was claimed again: %+v", got)
+	}
+	e.expireLeases(run)
+	second := e.claim(1, "lease.a")
+	if len(second) != 1 || second[0].Attempt != 2 {
+		t.Fatalf("after lease expiry claimed %+v, want attempt 2", second)
+	}
+	failures, msg := scalar[int](e, "SELECT failures FROM pgflow.step_tasks WHERE run_id = $1::uuid", run),
+		scalar[string](e, "SELECT error_message FROM pgflow.step_tasks WHERE run_id = $1::uuid", run)
+	if failures != 1 || !strings.HasPrefix(msg, "timeout") {
+		t.Errorf("after expiry: failures %d, error %q", failures, msg)
+	}
+	// The first attempt's late result is fenced out.
+	if e.complete(first, `"late"`) {
+		t.Fatalf("stale attempt applied")
+	}
+	e.expireLeases(run)
+	if got := e.claim(1, "lease.a"); len(got) != 0 {
+		t.Fatalf("claimed %+v after the last attempt expired", got)
+	}
+	r := e.run(run)
+	if r.Status != "failed" || !strings.HasPrefix(deref(r.ErrorMessage), "timeout") {
+		t.Fatalf("run %s, error %q; want failed with a timeout", r.Status, deref(r.ErrorMessage))
+	}
+}
+
+func TestFencing(t *testing.T) {
+	t.Parallel()
+	t.Run("stale attempt after a re-claim", func(t *testing.T) {
+		t.Parallel()
+		e := newEngine(t)
+		e.flow("stale", "base_delay => '0'", step{slug: "a"})
+		run := e.start("stale", `{}`)
+		old := e.claim(1, "stale.a")[0]
+		e.expireLeases(run)
+		cur := e.claim(1, "stale.a")[0]
+		if e.complete(old, `"old"`) {
+			t.Fatal("stale completion applied")
+		}
+		if got := e.fail(old, "old failure", true); got != "" {
+			t.Fatalf("stale failure applied: %q", got)
+		}
+		if !e.complete(cur, `"new"`) {
+			t.Fatal("current completion not applied")
+		}
+		jsonEqual(t, "output", string(e.run(run).Output), `{"a": "new"}`)
+	})
+	t.Run("duplicate completion", func(t *testing.T) {
+		t.Parallel()
+		e := newEngine(t)
+		e.flow("dup", "", step{slug: "each", fanout: true})
+		run := e.start("dup", `[1, 2, 3]`)
+		tasks := e.claim(3, "dup.each")
+		e.complete(tasks[0], `"first"`)
+		if e.complete(tasks[0], `"second"`) {
+			t.Fatal("duplicate completion applied")
+		}
+		if got := scalar[int](e, "SELECT remaining_tasks FROM pgflow.step_states WHERE run_id = $1::uuid", run); got != 2 {
+			t.Fatalf("remaining tasks %d, want 2", got)
+		}
+		e.complete(tasks[1], `2`)
+		e.complete(tasks[2], `3`)
+		jsonEqual(t, "output", e.stepOutput(run, "each"), `["first", 2, 3]`)
+	})
+	t.Run("task of a failed or cancelled run", func(t *testing.T) {
+		t.Parallel()
+		e := newEngine(t)
+		e.flow("ended", "max_attempts => 1", step{slug: "each", fanout: true})
+		failed := e.start("ended", `[1, 2]`)
+		tasks := e.claim(2, "ended.each")
+		e.fail(tasks[0], "boom", false)
+		if e.complete(tasks[1], `"late"`) {
+			t.Fatal("completion applied to a failed run")
+		}
+		cancelled := e.start("ended", `[1, 2]`)
+		tasks = e.claim(2, "ended.each")
+		if !scalar[bool](e, "SELECT pgflow.cancel_run($1::uuid)", cancelled) {
+			t.Fatal("cancel_run returned false")
+		}
+		if e.complete(tasks[0], `"late"`) || e.fail(tasks[1], "late", false) != "" {
+			t.Fatal("result applied to a cancelled run")
+		}
+		for _, run := range []string{failed, cancelled} {
+			r := e.run(run)
+			if r.Output != nil && string(r.Output) != "null" {
+				t.Errorf("run %s got output %s", run, r.Output)
+			}
+			if got := e.stepOutput(run, "each"); got != "" {
+				t.Errorf("step output %s", got)
+			}
+		}
+	})
+}
+
+func TestCancelRun(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("cancel", "", step{slug: "each", fanout: true}, step{slug: "after", deps: []string{"each"}})
+	run := e.start("cancel", `[1, 2, 3]`)
+	running := e.claim(1, "cancel.each")
+	if !scalar[bool](e, "SELECT pgflow.cancel_run($1::uuid)", run) {
+		t.Fatal("cancel_run returned false")
+	}
+	if e.liveTasks(run) != 0 {
+		t.Fatal("cancelled run still has live tasks")
+	}
+	if got := e.claim(10, "cancel.each", "cancel.after"); len(got) != 0 {
+		t.Fatalf("claimed %+v", got)
+	}
+	if e.complete(running[0], `1`) {
+		t.Fatal("late completion applied")
+	}
+	r := e.run(run)
+	if r.Status != "cancelled" {
+		t.Fatalf("status %s", r.Status)
+	}
+	for slug, status := range r.stepStatuses() {
+		if status != "cancelled" {
+			t.Errorf("step %s is %s", slug, status)
+		}
+	}
+	if scalar[bool](e, "SELECT pgflow.cancel_run($1::uuid)", run) {
+		t.Error("cancelling an ended run returned true")
+	}
+	if _, err := e.pool.Exec(e.ctx, "SELECT pgflow.cancel_run(gen_random_uuid())"); err == nil || !strings.Contains(err.Error(), "PF004") {
+		t.Errorf("cancelling an unknown run: %v", err)
+	}
+}
+
+func TestStartDelay(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("delayed", "", step{slug: "a", extra: "start_delay => '1 hour'"}, step{slug: "b"})
+	run := e.start("delayed", `{}`)
+	got := e.claim(10, "delayed.a", "delayed.b")
+	if len(got) != 1 || got[0].Step != "b" {
+		t.Fatalf("claimed %+v, want only b", got)
+	}
+	delay := scalar[float64](e, "SELECT extract(epoch FROM visible_at - now()) FROM pgflow.step_tasks WHERE run_id = $1::uuid AND step_slug = 'a'", run)
+	if delay < 3590 || delay > 3600.5 {
+		t.Fatalf("a is visible in %.0fs, want 3600s", delay)
+	}
+	e.makeVisible(run)
+	if got := e.claim(10, "delayed.a"); len(got) != 1 {
+		t.Fatalf("claimed %+v after the delay", got)
+	}
+}
+
+func TestClaimLimitsAndFilters(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("one", "", step{slug: "each", fanout: true}, step{slug: "other", fanout: true})
+	e.flow("two", "", step{slug: "each", fanout: true})
+	items := `[` + strings.TrimSuffix(strings.Repeat("0,", 20), ",") + `]`
+	e.start("one", items)
+	e.start("two", items)
+
+	got := e.claim(7, "one.each")
+	if len(got) != 7 {
+		t.Fatalf("claimed %d, want the limit 7", len(got))
+	}
+	for _, k := range got {
+		if k.Flow != "one" || k.Step != "each" {
+			t.Fatalf("claimed %s.%s, asked for one.each only", k.Flow, k.Step)
+		}
+	}
+	if got := e.claim(100, "two.each"); len(got) != 20 {
+		t.Fatalf("claimed %d of two.each, want 20", len(got))
+	}
+	if got := e.claim(100, "one.each", "one.other"); len(got) != 33 {
+		t.Fatalf("claimed %d, want the remaining 13 + 20", len(got))
+	}
+
+	// Two claimers in concurrent transactions get disjoint tasks.
+	e.start("two", items)
+	tx1, err := e.pool.Begin(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx1.Rollback(e.ctx)
+	tx2, err := e.pool.Begin(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx2.Rollback(e.ctx)
+	a := claimOn(t, e.ctx, tx1, 12, "two.each")
+	b := claimOn(t, e.ctx, tx2, 12, "two.each")
+	if len(a) != 12 || len(b) != 8 {
+		t.Fatalf("claimers got %d and %d tasks, want 12 and 8", len(a), len(b))
+	}
+	seen := map[int]bool{}
+	for _, k := range append(a, b...) {
+		if seen[k.Index] {
+			t.Fatalf("task %d claimed twice", k.Index)
+		}
+		seen[k.Index] = true
+	}
+}
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}

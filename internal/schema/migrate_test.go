@@ -1,0 +1,114 @@
+package schema_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgflow-go/pgflow/internal/schema"
+	"github.com/pgflow-go/pgflow/internal/testdb"
+)
+
+// emptyPool connects to a new database without the pgflow schema.
+func emptyPool(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(t.Context(), testdb.NewDatabaseFrom(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// schemaFingerprint summarises the pgflow schema's objects.
+func schemaFingerprint(t *testing.T, pool *pgxpool.Pool) string {
+	t.Helper()
+	var fp string
+	err := pool.QueryRow(t.Context(), `
+		SELECT string_agg(x, ',' ORDER BY x) FROM (
+		  SELECT 'rel:' || c.relname || ':' || c.relkind::text FROM pg_class c
+		  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'pgflow'
+		  UNION ALL
+		  SELECT 'fn:' || p.oid::regprocedure::text FROM pg_proc p
+		  JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'pgflow'
+		) s(x)`).Scan(&fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fp
+}
+
+func TestMigrateTwice(t *testing.T) {
+	t.Parallel()
+	pool := emptyPool(t)
+	ctx := t.Context()
+	if v, err := schema.Version(ctx, pool); err != nil || v != 0 {
+		t.Fatalf("version before: %d, %v", v, err)
+	}
+	v1, err := schema.Migrate(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := schemaFingerprint(t, pool)
+	v2, err := schema.Migrate(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v1 != schema.LatestVersion() || v2 != v1 {
+		t.Fatalf("versions %d then %d, want %d", v1, v2, schema.LatestVersion())
+	}
+	if second := schemaFingerprint(t, pool); second != first {
+		t.Fatalf("schema changed on the second run:\n%s\n%s", first, second)
+	}
+	var rows int
+	if err := pool.QueryRow(ctx, "SELECT count(*) FROM pgflow.schema_migrations").Scan(&rows); err != nil || rows != v1 {
+		t.Fatalf("%d bookkeeping rows (%v), want %d", rows, err, v1)
+	}
+}
+
+func TestMigrateConcurrently(t *testing.T) {
+	t.Parallel()
+	pool := emptyPool(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = schema.Migrate(t.Context(), pool)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("migrate %d: %v", i, err)
+		}
+	}
+	reference := emptyPool(t)
+	if _, err := schema.Migrate(t.Context(), reference); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := schemaFingerprint(t, pool), schemaFingerprint(t, reference); got != want {
+		t.Fatalf("concurrent migration gave another schema:\n%s\n%s", got, want)
+	}
+}
+
+func TestMigrateRefusesNewerSchema(t *testing.T) {
+	t.Parallel()
+	pool := emptyPool(t)
+	ctx := context.Background()
+	if _, err := schema.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "INSERT INTO pgflow.schema_migrations (version, name) VALUES (999, 'future')"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := schema.Migrate(ctx, pool)
+	if !errors.Is(err, schema.ErrSchemaTooNew) {
+		t.Fatalf("got %v, want ErrSchemaTooNew", err)
+	}
+	t.Log(err)
+}

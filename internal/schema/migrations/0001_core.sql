@@ -1,0 +1,1193 @@
+-- pgflow core schema, version 1.
+--
+-- Lock order (every function follows it, so concurrent calls never deadlock):
+--   1. run rows          (sorted by run_id)
+--   2. step_states rows  (sorted by run_id, step_slug)
+--   3. step_tasks rows
+-- A function may skip a level but never goes back up. Whoever locks a run
+-- row also locks every step state of that run, in the same sorted sweep as
+-- the other step states it needs, before touching anything else; so what it
+-- does later to the run (cascading, failing, cancelling) needs no new lock.
+-- Whoever may wait for a task row holds the step state of that task's step
+-- first, so two such transactions touching the same task are already
+-- serialised by the step state and task rows need no order of their own.
+-- Claims lock task rows with SKIP LOCKED and never wait. A completion batch
+-- that cannot finish any step locks only its step states; one that might
+-- finish a step locks the run rows first (see complete_tasks).
+--
+-- All functions expect READ COMMITTED: each statement of a PL/pgSQL function
+-- then sees the rows committed before it started, which the completion path
+-- relies on after it has taken its locks.
+
+------------------------------------------------------------------------------
+-- Definitions
+------------------------------------------------------------------------------
+
+CREATE FUNCTION pgflow.is_valid_slug(slug text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN slug IS NOT NULL AND slug ~ '^[a-z][a-z0-9_]{0,62}$';
+
+CREATE TABLE pgflow.flows (
+  flow_slug        text PRIMARY KEY CHECK (pgflow.is_valid_slug(flow_slug)),
+  opt_max_attempts int NOT NULL CHECK (opt_max_attempts >= 1),
+  opt_base_delay   interval NOT NULL CHECK (opt_base_delay >= interval '0'),
+  opt_timeout      interval NOT NULL CHECK (opt_timeout > interval '0'),
+  created_at       timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE pgflow.steps (
+  flow_slug        text NOT NULL REFERENCES pgflow.flows (flow_slug),
+  step_slug        text NOT NULL CHECK (pgflow.is_valid_slug(step_slug)),
+  step_type        text NOT NULL CHECK (step_type IN ('single', 'fanout')),
+  step_index       int NOT NULL,
+  deps_count       int NOT NULL CHECK (deps_count >= 0),
+  -- NULL options inherit the flow's.
+  opt_max_attempts int CHECK (opt_max_attempts >= 1),
+  opt_base_delay   interval CHECK (opt_base_delay >= interval '0'),
+  opt_timeout      interval CHECK (opt_timeout > interval '0'),
+  opt_start_delay  interval CHECK (opt_start_delay >= interval '0'),
+  created_at       timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (flow_slug, step_slug),
+  UNIQUE (flow_slug, step_index),
+  CHECK (step_type = 'single' OR deps_count <= 1)
+);
+
+CREATE TABLE pgflow.deps (
+  flow_slug  text NOT NULL,
+  step_slug  text NOT NULL,
+  dep_slug   text NOT NULL,
+  dep_index  int NOT NULL,
+  PRIMARY KEY (flow_slug, step_slug, dep_slug),
+  UNIQUE (flow_slug, step_slug, dep_index),
+  FOREIGN KEY (flow_slug, step_slug) REFERENCES pgflow.steps (flow_slug, step_slug),
+  FOREIGN KEY (flow_slug, dep_slug) REFERENCES pgflow.steps (flow_slug, step_slug),
+  CHECK (dep_slug <> step_slug)
+);
+CREATE INDEX deps_dependents_idx ON pgflow.deps (flow_slug, dep_slug);
+
+-- Effective options of every step: step options override flow options.
+CREATE VIEW pgflow.step_options AS
+SELECT s.flow_slug,
+       s.step_slug,
+       s.step_type,
+       s.step_index,
+       s.deps_count,
+       coalesce(s.opt_max_attempts, f.opt_max_attempts) AS max_attempts,
+       coalesce(s.opt_base_delay, f.opt_base_delay)     AS base_delay,
+       coalesce(s.opt_timeout, f.opt_timeout)           AS timeout,
+       coalesce(s.opt_start_delay, interval '0')        AS start_delay
+FROM pgflow.steps s
+JOIN pgflow.flows f ON f.flow_slug = s.flow_slug;
+
+------------------------------------------------------------------------------
+-- Runtime state. Only the functions below write these tables; they carry no
+-- foreign keys so that the hot path does no referential checks per row.
+------------------------------------------------------------------------------
+
+CREATE TABLE pgflow.runs (
+  run_id           uuid PRIMARY KEY,
+  flow_slug        text NOT NULL,
+  status           text NOT NULL CHECK (status IN ('started', 'completed', 'failed', 'cancelled')),
+  input            jsonb NOT NULL,
+  output           jsonb,
+  remaining_steps  int NOT NULL,
+  error_step       text,
+  error_task_index int,
+  error_message    text,
+  started_at       timestamptz NOT NULL DEFAULT now(),
+  ended_at         timestamptz
+);
+CREATE INDEX runs_flow_slug_idx ON pgflow.runs (flow_slug, started_at);
+
+CREATE TABLE pgflow.step_states (
+  run_id          uuid NOT NULL,
+  step_slug       text NOT NULL,
+  flow_slug       text NOT NULL,
+  status          text NOT NULL CHECK (status IN ('created', 'started', 'completed', 'failed', 'cancelled')),
+  remaining_deps  int NOT NULL,
+  total_tasks     int,  -- set when the step starts
+  remaining_tasks int,
+  output          jsonb,
+  error_message   text,
+  created_at      timestamptz NOT NULL DEFAULT now(),
+  started_at      timestamptz,
+  ended_at        timestamptz,
+  PRIMARY KEY (run_id, step_slug)
+) WITH (fillfactor = 80);
+
+-- The task table is the queue. A queued task is claimable once visible_at has
+-- passed; a started task is leased until visible_at (its timeout plus a grace,
+-- plus the retry delay when another attempt remains), after which the next
+-- claim takes it over as a new attempt.
+CREATE TABLE pgflow.step_tasks (
+  run_id        uuid NOT NULL,
+  step_slug     text NOT NULL,
+  task_index    int NOT NULL,
+  attempt       int NOT NULL DEFAULT 0,  -- number of the latest claim; fences results
+  failures      int NOT NULL DEFAULT 0,  -- failed attempts so far
+  flow_slug     text NOT NULL,
+  status        text NOT NULL CHECK (status IN ('queued', 'started', 'completed', 'failed', 'cancelled')),
+  visible_at    timestamptz NOT NULL,
+  item          jsonb,  -- a fanout task's own element
+  output        jsonb,  -- a fanout task's output (a single step's output lives in step_states)
+  error_message text,
+  worker_id     uuid,
+  queued_at     timestamptz NOT NULL DEFAULT now(),
+  started_at    timestamptz,
+  ended_at      timestamptz,
+  PRIMARY KEY (run_id, step_slug, task_index)
+) WITH (fillfactor = 70);
+CREATE INDEX step_tasks_queued_idx ON pgflow.step_tasks (flow_slug, step_slug, visible_at)
+  WHERE status = 'queued';
+CREATE INDEX step_tasks_leased_idx ON pgflow.step_tasks (flow_slug, step_slug, visible_at)
+  WHERE status = 'started';
+
+CREATE TABLE pgflow.workers (
+  worker_id         uuid PRIMARY KEY,
+  flow_slugs        text[] NOT NULL DEFAULT '{}',
+  hostname          text,
+  started_at        timestamptz NOT NULL DEFAULT now(),
+  last_heartbeat_at timestamptz NOT NULL DEFAULT now(),
+  stopped_at        timestamptz
+);
+
+------------------------------------------------------------------------------
+-- Validation helpers
+------------------------------------------------------------------------------
+
+-- Error codes (SQLSTATE class PF) let clients branch on the failure:
+--   PF001 unknown flow      PF002 invalid input      PF003 invalid definition
+--   PF004 unknown run       PF005 invalid argument
+CREATE FUNCTION pgflow._check_slug(kind text, slug text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  IF NOT pgflow.is_valid_slug(slug) THEN
+    RAISE EXCEPTION 'invalid % slug %: slugs match ^[a-z][a-z0-9_]{0,62}$', kind, coalesce(to_jsonb(slug)::text, 'NULL')
+      USING ERRCODE = 'PF003';
+  END IF;
+END $$;
+
+CREATE FUNCTION pgflow._check_options(owner text, max_attempts int, base_delay interval, timeout interval, start_delay interval)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  IF max_attempts < 1 THEN
+    RAISE EXCEPTION '%: max_attempts must be >= 1, got %', owner, max_attempts USING ERRCODE = 'PF003';
+  END IF;
+  IF base_delay < interval '0' THEN
+    RAISE EXCEPTION '%: base_delay must not be negative, got %', owner, base_delay USING ERRCODE = 'PF003';
+  END IF;
+  IF timeout <= interval '0' THEN
+    RAISE EXCEPTION '%: timeout must be positive, got %', owner, timeout USING ERRCODE = 'PF003';
+  END IF;
+  IF start_delay < interval '0' THEN
+    RAISE EXCEPTION '%: start_delay must not be negative, got %', owner, start_delay USING ERRCODE = 'PF003';
+  END IF;
+END $$;
+
+-- Retry delay after the n-th failed attempt: base_delay * 2^(n-1).
+CREATE FUNCTION pgflow._retry_delay(base_delay interval, failed_attempt int) RETURNS interval
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN base_delay * power(2, least(greatest(failed_attempt - 1, 0), 30));
+
+------------------------------------------------------------------------------
+-- Defining flows
+------------------------------------------------------------------------------
+
+-- create_flow creates a flow. Calling it again with the same options is a
+-- no-op; with other options it is an error (update_flow_options changes them).
+CREATE FUNCTION pgflow.create_flow(
+  flow_slug    text,
+  max_attempts int DEFAULT 3,
+  base_delay   interval DEFAULT '1 second',
+  timeout      interval DEFAULT '5 minutes'
+) RETURNS pgflow.flows
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_flow pgflow.flows;
+BEGIN
+  PERFORM pgflow._check_slug('flow', create_flow.flow_slug);
+  PERFORM pgflow._check_options(format('flow %s', to_jsonb(create_flow.flow_slug)),
+    create_flow.max_attempts, create_flow.base_delay, create_flow.timeout, NULL);
+  IF create_flow.max_attempts IS NULL OR create_flow.base_delay IS NULL OR create_flow.timeout IS NULL THEN
+    RAISE EXCEPTION 'flow %: max_attempts, base_delay and timeout must not be NULL', to_jsonb(create_flow.flow_slug)
+      USING ERRCODE = 'PF003';
+  END IF;
+
+  INSERT INTO pgflow.flows AS f (flow_slug, opt_max_attempts, opt_base_delay, opt_timeout)
+  VALUES (create_flow.flow_slug, create_flow.max_attempts, create_flow.base_delay, create_flow.timeout)
+  ON CONFLICT ON CONSTRAINT flows_pkey DO NOTHING
+  RETURNING f.* INTO v_flow;
+  IF FOUND THEN
+    RETURN v_flow;
+  END IF;
+
+  SELECT f.* INTO v_flow FROM pgflow.flows f WHERE f.flow_slug = create_flow.flow_slug;
+  IF (v_flow.opt_max_attempts, v_flow.opt_base_delay, v_flow.opt_timeout)
+     IS DISTINCT FROM (create_flow.max_attempts, create_flow.base_delay, create_flow.timeout) THEN
+    RAISE EXCEPTION 'flow % already exists with other options (max_attempts %, base_delay %, timeout %)',
+      to_jsonb(create_flow.flow_slug), v_flow.opt_max_attempts, v_flow.opt_base_delay, v_flow.opt_timeout
+      USING ERRCODE = 'PF003', HINT = 'use pgflow.update_flow_options to change options';
+  END IF;
+  RETURN v_flow;
+END $$;
+
+-- add_step adds a step to a flow. Dependencies must already exist, so steps
+-- are added in topological order and a cycle cannot be expressed. Adding the
+-- same step again is a no-op; a different step under the same slug is an
+-- error. Steps cannot be added to a flow that has runs: a new shape needs a
+-- new flow slug.
+CREATE FUNCTION pgflow.add_step(
+  flow_slug    text,
+  step_slug    text,
+  deps         text[] DEFAULT '{}',
+  step_type    text DEFAULT 'single',
+  max_attempts int DEFAULT NULL,
+  base_delay   interval DEFAULT NULL,
+  timeout      interval DEFAULT NULL,
+  start_delay  interval DEFAULT NULL
+) RETURNS pgflow.steps
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_deps    text[] := coalesce(add_step.deps, '{}');
+  v_owner   text := format('step %s of flow %s', to_jsonb(add_step.step_slug), to_jsonb(add_step.flow_slug));
+  v_step    pgflow.steps;
+  v_old     text[];
+  v_missing text;
+  v_dep     text;
+BEGIN
+  PERFORM pgflow._check_slug('flow', add_step.flow_slug);
+  PERFORM pgflow._check_slug('step', add_step.step_slug);
+  FOREACH v_dep IN ARRAY v_deps LOOP
+    PERFORM pgflow._check_slug('dependency', v_dep);
+  END LOOP;
+  IF add_step.step_type IS NULL OR add_step.step_type NOT IN ('single', 'fanout') THEN
+    RAISE EXCEPTION '%: step_type must be ''single'' or ''fanout'', got %', v_owner, coalesce(to_jsonb(add_step.step_type)::text, 'NULL')
+      USING ERRCODE = 'PF003';
+  END IF;
+  PERFORM pgflow._check_options(v_owner, add_step.max_attempts, add_step.base_delay, add_step.timeout, add_step.start_delay);
+  IF add_step.step_slug = ANY (v_deps) THEN
+    RAISE EXCEPTION '%: a step cannot depend on itself', v_owner USING ERRCODE = 'PF003';
+  END IF;
+  IF (SELECT count(DISTINCT d) FROM unnest(v_deps) d) <> cardinality(v_deps) THEN
+    RAISE EXCEPTION '%: dependencies % list a step twice', v_owner, to_jsonb(v_deps) USING ERRCODE = 'PF003';
+  END IF;
+  IF add_step.step_type = 'fanout' AND cardinality(v_deps) > 1 THEN
+    RAISE EXCEPTION '%: fanout steps must have exactly one dependency (or none, to map over the flow input), got %',
+      v_owner, to_jsonb(v_deps) USING ERRCODE = 'PF003';
+  END IF;
+
+  -- Serialises definition changes of one flow against each other and against
+  -- start_flow (which takes FOR KEY SHARE).
+  PERFORM 1 FROM pgflow.flows f WHERE f.flow_slug = add_step.flow_slug FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'flow % does not exist', to_jsonb(add_step.flow_slug) USING ERRCODE = 'PF001';
+  END IF;
+
+  SELECT s.* INTO v_step FROM pgflow.steps s
+  WHERE s.flow_slug = add_step.flow_slug AND s.step_slug = add_step.step_slug;
+  IF FOUND THEN
+    SELECT coalesce(array_agg(d.dep_slug ORDER BY d.dep_index), '{}') INTO v_old
+    FROM pgflow.deps d WHERE d.flow_slug = add_step.flow_slug AND d.step_slug = add_step.step_slug;
+    IF v_old = v_deps AND v_step.step_type = add_step.step_type
+       AND (v_step.opt_max_attempts, v_step.opt_base_delay, v_step.opt_timeout, v_step.opt_start_delay)
+           IS NOT DISTINCT FROM (add_step.max_attempts, add_step.base_delay, add_step.timeout, add_step.start_delay) THEN
+      RETURN v_step;
+    END IF;
+    RAISE EXCEPTION '% already exists with another definition (type %, deps %)', v_owner, v_step.step_type, to_jsonb(v_old)
+      USING ERRCODE = 'PF003';
+  END IF;
+
+  SELECT d INTO v_missing FROM unnest(v_deps) d
+  WHERE NOT EXISTS (SELECT 1 FROM pgflow.steps s WHERE s.flow_slug = add_step.flow_slug AND s.step_slug = d)
+  LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION '%: unknown dependency % (add dependencies first)', v_owner, to_jsonb(v_missing) USING ERRCODE = 'PF003';
+  END IF;
+
+  IF EXISTS (SELECT 1 FROM pgflow.runs r WHERE r.flow_slug = add_step.flow_slug) THEN
+    RAISE EXCEPTION '%: flow % already has runs; a new shape needs a new flow slug', v_owner, to_jsonb(add_step.flow_slug)
+      USING ERRCODE = 'PF003';
+  END IF;
+
+  INSERT INTO pgflow.steps AS s (flow_slug, step_slug, step_type, step_index, deps_count,
+                                 opt_max_attempts, opt_base_delay, opt_timeout, opt_start_delay)
+  SELECT add_step.flow_slug, add_step.step_slug, add_step.step_type,
+         (SELECT count(*) FROM pgflow.steps x WHERE x.flow_slug = add_step.flow_slug),
+         cardinality(v_deps), add_step.max_attempts, add_step.base_delay, add_step.timeout, add_step.start_delay
+  RETURNING s.* INTO v_step;
+
+  INSERT INTO pgflow.deps (flow_slug, step_slug, dep_slug, dep_index)
+  SELECT add_step.flow_slug, add_step.step_slug, d.slug, (d.ord - 1)::int
+  FROM unnest(v_deps) WITH ORDINALITY AS d(slug, ord);
+
+  RETURN v_step;
+END $$;
+
+-- update_flow_options changes a flow's options; running tasks pick them up
+-- at their next claim or failure.
+CREATE FUNCTION pgflow.update_flow_options(
+  flow_slug    text,
+  max_attempts int,
+  base_delay   interval,
+  timeout      interval
+) RETURNS pgflow.flows
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_flow pgflow.flows;
+BEGIN
+  PERFORM pgflow._check_options(format('flow %s', to_jsonb(update_flow_options.flow_slug)),
+    update_flow_options.max_attempts, update_flow_options.base_delay, update_flow_options.timeout, NULL);
+  UPDATE pgflow.flows f
+  SET opt_max_attempts = coalesce(update_flow_options.max_attempts, f.opt_max_attempts),
+      opt_base_delay   = coalesce(update_flow_options.base_delay, f.opt_base_delay),
+      opt_timeout      = coalesce(update_flow_options.timeout, f.opt_timeout)
+  WHERE f.flow_slug = update_flow_options.flow_slug
+  RETURNING f.* INTO v_flow;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'flow % does not exist', to_jsonb(update_flow_options.flow_slug) USING ERRCODE = 'PF001';
+  END IF;
+  RETURN v_flow;
+END $$;
+
+-- update_step_options sets a step's own options (NULL: inherit the flow's).
+CREATE FUNCTION pgflow.update_step_options(
+  flow_slug    text,
+  step_slug    text,
+  max_attempts int,
+  base_delay   interval,
+  timeout      interval,
+  start_delay  interval
+) RETURNS pgflow.steps
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_step pgflow.steps;
+BEGIN
+  PERFORM pgflow._check_options(
+    format('step %s of flow %s', to_jsonb(update_step_options.step_slug), to_jsonb(update_step_options.flow_slug)),
+    update_step_options.max_attempts, update_step_options.base_delay, update_step_options.timeout,
+    update_step_options.start_delay);
+  UPDATE pgflow.steps s
+  SET opt_max_attempts = update_step_options.max_attempts,
+      opt_base_delay   = update_step_options.base_delay,
+      opt_timeout      = update_step_options.timeout,
+      opt_start_delay  = update_step_options.start_delay
+  WHERE s.flow_slug = update_step_options.flow_slug AND s.step_slug = update_step_options.step_slug
+  RETURNING s.* INTO v_step;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'step % of flow % does not exist', to_jsonb(update_step_options.step_slug),
+      to_jsonb(update_step_options.flow_slug) USING ERRCODE = 'PF001';
+  END IF;
+  RETURN v_step;
+END $$;
+
+------------------------------------------------------------------------------
+-- Run progression (internal)
+------------------------------------------------------------------------------
+
+-- _end_run ends a started run as failed or cancelled. For a failure, the
+-- failing step is marked failed; every other unfinished step and task is
+-- cancelled, so late results are fenced out and nothing of the run stays
+-- claimable. The caller holds the run row lock. Returns false when the run
+-- had already ended.
+CREATE FUNCTION pgflow._end_run(p_run_id uuid, p_status text, p_step_slug text, p_task_index int, p_message text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE pgflow.runs r
+  SET status = p_status, ended_at = now(),
+      error_step = p_step_slug, error_task_index = p_task_index, error_message = p_message
+  WHERE r.run_id = p_run_id AND r.status = 'started';
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+
+  UPDATE pgflow.step_states ss
+  SET status = CASE WHEN ss.step_slug = p_step_slug THEN 'failed' ELSE 'cancelled' END,
+      error_message = CASE WHEN ss.step_slug = p_step_slug THEN p_message END,
+      ended_at = now()
+  FROM (SELECT x.step_slug FROM pgflow.step_states x
+        WHERE x.run_id = p_run_id AND x.status IN ('created', 'started')
+        ORDER BY x.step_slug FOR UPDATE) l
+  WHERE ss.run_id = p_run_id AND ss.step_slug = l.step_slug;
+
+  UPDATE pgflow.step_tasks t
+  SET status = 'cancelled', ended_at = now()
+  WHERE t.run_id = p_run_id AND t.status IN ('queued', 'started');
+
+  PERFORM pg_notify('pgflow_runs', json_build_object('status', p_status, 'run_ids', json_build_array(p_run_id))::text);
+  RETURN true;
+END $$;
+
+-- _advance moves runs forward. It takes steps that have just completed and
+-- steps that have just become ready, and repeats until nothing changes:
+-- completed steps release their dependents (and count down their run),
+-- ready steps start (queueing their tasks), and a fanout over an empty array
+-- completes at once and feeds the next round. Runs with no steps left
+-- complete at the end. The caller holds the run rows of every run involved.
+CREATE FUNCTION pgflow._advance(
+  p_done_runs uuid[], p_done_steps text[],
+  p_ready_runs uuid[], p_ready_steps text[]
+) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_done_runs   uuid[] := coalesce(p_done_runs, '{}');
+  v_done_steps  text[] := coalesce(p_done_steps, '{}');
+  v_ready_runs  uuid[] := coalesce(p_ready_runs, '{}');
+  v_ready_steps text[] := coalesce(p_ready_steps, '{}');
+  v_touched     uuid[] := coalesce(p_done_runs, '{}') || coalesce(p_ready_runs, '{}');
+  v_new_runs    uuid[];
+  v_new_steps   text[];
+  v_flows       text[];
+  v_bad         record;
+BEGIN
+  LOOP
+    IF cardinality(v_done_runs) > 0 THEN
+      -- Count down each run's remaining steps.
+      UPDATE pgflow.runs r
+      SET remaining_steps = r.remaining_steps - c.n
+      FROM (SELECT x.run_id, count(*)::int AS n FROM unnest(v_done_runs) AS x(run_id) GROUP BY x.run_id) c
+      WHERE r.run_id = c.run_id;
+
+      -- Release dependents; those with no dependency left become ready.
+      WITH done AS (
+        SELECT x.run_id, x.step_slug FROM unnest(v_done_runs, v_done_steps) AS x(run_id, step_slug)
+      ), dependents AS (
+        SELECT ss.run_id, d.step_slug, count(*)::int AS n
+        FROM done
+        JOIN pgflow.step_states ss ON ss.run_id = done.run_id AND ss.step_slug = done.step_slug
+        JOIN pgflow.deps d ON d.flow_slug = ss.flow_slug AND d.dep_slug = ss.step_slug
+        GROUP BY ss.run_id, d.step_slug
+      ), released AS (
+        UPDATE pgflow.step_states ss
+        SET remaining_deps = ss.remaining_deps - dependents.n
+        FROM dependents
+        WHERE ss.run_id = dependents.run_id AND ss.step_slug = dependents.step_slug AND ss.status = 'created'
+        RETURNING ss.run_id, ss.step_slug, ss.remaining_deps
+      )
+      SELECT coalesce(array_agg(released.run_id), '{}'), coalesce(array_agg(released.step_slug), '{}')
+      INTO v_new_runs, v_new_steps
+      FROM released WHERE released.remaining_deps = 0;
+
+      v_ready_runs := v_ready_runs || v_new_runs;
+      v_ready_steps := v_ready_steps || v_new_steps;
+    END IF;
+
+    EXIT WHEN cardinality(v_ready_runs) = 0;
+
+    -- A fanout whose source is not a JSON array fails its run; the producing
+    -- step keeps its output for inspection.
+    FOR v_bad IN
+      SELECT ss.run_id, ss.step_slug, d.dep_slug,
+             jsonb_typeof(CASE WHEN so.deps_count = 0 THEN r.input ELSE dss.output END) AS got
+      FROM unnest(v_ready_runs, v_ready_steps) AS x(run_id, step_slug)
+      JOIN pgflow.step_states ss ON ss.run_id = x.run_id AND ss.step_slug = x.step_slug
+      JOIN pgflow.runs r ON r.run_id = ss.run_id
+      JOIN pgflow.step_options so ON so.flow_slug = ss.flow_slug AND so.step_slug = ss.step_slug
+      LEFT JOIN pgflow.deps d ON d.flow_slug = ss.flow_slug AND d.step_slug = ss.step_slug
+      LEFT JOIN pgflow.step_states dss ON dss.run_id = ss.run_id AND dss.step_slug = d.dep_slug
+      WHERE so.step_type = 'fanout' AND ss.status = 'created' AND r.status = 'started'
+        AND jsonb_typeof(coalesce(CASE WHEN so.deps_count = 0 THEN r.input ELSE dss.output END, 'null')) <> 'array'
+      ORDER BY ss.run_id, ss.step_slug
+    LOOP
+      PERFORM pgflow._end_run(v_bad.run_id, 'failed', v_bad.step_slug, NULL,
+        CASE WHEN v_bad.dep_slug IS NULL
+          THEN format('fanout step %s expects the flow input to be a JSON array, got %s',
+                      to_jsonb(v_bad.step_slug), coalesce(v_bad.got, 'null'))
+          ELSE format('fanout step %s expects dependency %s to output a JSON array, got %s',
+                      to_jsonb(v_bad.step_slug), to_jsonb(v_bad.dep_slug), coalesce(v_bad.got, 'null'))
+        END);
+    END LOOP;
+
+    -- Start the ready steps: one task for a single step, one task per element
+    -- (each storing its own element) for a fanout step. A fanout over an empty
+    -- array completes at once with [].
+    WITH ready AS (
+      SELECT ss.run_id, ss.step_slug, ss.flow_slug, so.step_type, so.start_delay,
+             CASE WHEN so.step_type = 'fanout'
+                  THEN CASE WHEN so.deps_count = 0 THEN r.input ELSE dss.output END END AS source
+      FROM unnest(v_ready_runs, v_ready_steps) AS x(run_id, step_slug)
+      JOIN pgflow.step_states ss ON ss.run_id = x.run_id AND ss.step_slug = x.step_slug
+      JOIN pgflow.runs r ON r.run_id = ss.run_id
+      JOIN pgflow.step_options so ON so.flow_slug = ss.flow_slug AND so.step_slug = ss.step_slug
+      LEFT JOIN pgflow.deps d ON so.step_type = 'fanout' AND d.flow_slug = ss.flow_slug AND d.step_slug = ss.step_slug
+      LEFT JOIN pgflow.step_states dss ON dss.run_id = ss.run_id AND dss.step_slug = d.dep_slug
+      WHERE ss.status = 'created' AND r.status = 'started'
+    ), sized AS MATERIALIZED (
+      SELECT ready.*, CASE WHEN ready.step_type = 'single' THEN 1 ELSE jsonb_array_length(ready.source) END AS n
+      FROM ready
+    ), started AS (
+      UPDATE pgflow.step_states ss
+      SET status = CASE WHEN sized.n = 0 THEN 'completed' ELSE 'started' END,
+          total_tasks = sized.n,
+          remaining_tasks = sized.n,
+          output = CASE WHEN sized.n = 0 THEN '[]'::jsonb END,
+          started_at = now(),
+          ended_at = CASE WHEN sized.n = 0 THEN now() END
+      FROM sized
+      WHERE ss.run_id = sized.run_id AND ss.step_slug = sized.step_slug
+      RETURNING ss.run_id, ss.step_slug, ss.flow_slug, ss.status
+    ), queued AS (
+      INSERT INTO pgflow.step_tasks (run_id, step_slug, task_index, flow_slug, status, visible_at, item)
+      SELECT sized.run_id, sized.step_slug, 0, sized.flow_slug, 'queued', now() + sized.start_delay, NULL
+      FROM sized WHERE sized.step_type = 'single'
+      UNION ALL
+      SELECT sized.run_id, sized.step_slug, (e.ord - 1)::int, sized.flow_slug, 'queued', now() + sized.start_delay, e.value
+      FROM sized CROSS JOIN LATERAL jsonb_array_elements(sized.source) WITH ORDINALITY AS e(value, ord)
+      WHERE sized.step_type = 'fanout' AND sized.n > 0
+    )
+    SELECT coalesce(array_agg(started.run_id) FILTER (WHERE started.status = 'completed'), '{}'),
+           coalesce(array_agg(started.step_slug) FILTER (WHERE started.status = 'completed'), '{}'),
+           coalesce(array_agg(DISTINCT started.flow_slug) FILTER (WHERE started.status = 'started'), '{}')
+    INTO v_done_runs, v_done_steps, v_flows
+    FROM started;
+
+    -- One notification per flow per statement (Postgres also folds
+    -- duplicates within a transaction).
+    PERFORM pg_notify('pgflow_tasks', f) FROM unnest(v_flows) AS f;
+
+    v_touched := v_touched || v_done_runs;
+    v_ready_runs := '{}';
+    v_ready_steps := '{}';
+  END LOOP;
+
+  -- Complete the runs that have no steps left; the run output is an object
+  -- keyed by leaf step slug.
+  WITH finished AS (
+    UPDATE pgflow.runs r
+    SET status = 'completed', ended_at = now(),
+        output = (SELECT coalesce(jsonb_object_agg(ss.step_slug, ss.output), '{}')
+                  FROM pgflow.step_states ss
+                  WHERE ss.run_id = r.run_id
+                    AND NOT EXISTS (SELECT 1 FROM pgflow.deps d
+                                    WHERE d.flow_slug = ss.flow_slug AND d.dep_slug = ss.step_slug))
+    WHERE r.run_id = ANY (v_touched) AND r.remaining_steps = 0 AND r.status = 'started'
+    RETURNING r.run_id
+  ), chunks AS (
+    SELECT finished.run_id, (row_number() OVER () - 1) / 100 AS chunk FROM finished
+  )
+  SELECT coalesce(array_agg(json_build_object('status', 'completed', 'run_ids', c.ids)::text), '{}')
+  INTO v_flows
+  FROM (SELECT json_agg(chunks.run_id) AS ids FROM chunks GROUP BY chunks.chunk) c;
+
+  PERFORM pg_notify('pgflow_runs', p) FROM unnest(v_flows) AS p;
+END $$;
+
+------------------------------------------------------------------------------
+-- Starting runs
+------------------------------------------------------------------------------
+
+-- start_flows starts one run per input (run_ids, when given, names them) and
+-- returns the run ids in input order. A flow with a root fanout step rejects
+-- an input that is not a JSON array, and then no run is created.
+CREATE FUNCTION pgflow.start_flows(flow_slug text, inputs jsonb[], run_ids uuid[] DEFAULT NULL)
+RETURNS uuid[]
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_steps   int;
+  v_root    text;
+  v_bad     record;
+  v_ids     uuid[];
+  v_ready_runs  uuid[];
+  v_ready_steps text[];
+BEGIN
+  IF inputs IS NULL OR cardinality(inputs) = 0 THEN
+    RETURN '{}';
+  END IF;
+  IF run_ids IS NOT NULL AND cardinality(run_ids) <> cardinality(inputs) THEN
+    RAISE EXCEPTION 'start_flows: % run ids for % inputs', cardinality(run_ids), cardinality(inputs)
+      USING ERRCODE = 'PF005';
+  END IF;
+
+  PERFORM 1 FROM pgflow.flows f WHERE f.flow_slug = start_flows.flow_slug FOR KEY SHARE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'flow % does not exist', coalesce(to_jsonb(start_flows.flow_slug)::text, 'NULL')
+      USING ERRCODE = 'PF001';
+  END IF;
+  SELECT count(*) INTO v_steps FROM pgflow.steps s WHERE s.flow_slug = start_flows.flow_slug;
+  IF v_steps = 0 THEN
+    RAISE EXCEPTION 'flow % has no steps', to_jsonb(start_flows.flow_slug) USING ERRCODE = 'PF003';
+  END IF;
+
+  SELECT s.step_slug INTO v_root FROM pgflow.steps s
+  WHERE s.flow_slug = start_flows.flow_slug AND s.step_type = 'fanout' AND s.deps_count = 0
+  ORDER BY s.step_index LIMIT 1;
+  IF FOUND THEN
+    SELECT i.ord, jsonb_typeof(coalesce(i.input, 'null')) AS got INTO v_bad
+    FROM unnest(inputs) WITH ORDINALITY AS i(input, ord)
+    WHERE jsonb_typeof(coalesce(i.input, 'null')) <> 'array'
+    ORDER BY i.ord LIMIT 1;
+    IF FOUND THEN
+      RAISE EXCEPTION 'flow % maps its input with root fanout step %: the input must be a JSON array, got %',
+        to_jsonb(start_flows.flow_slug), to_jsonb(v_root), v_bad.got
+        || CASE WHEN cardinality(inputs) > 1 THEN format(' (input %s of %s)', v_bad.ord, cardinality(inputs)) ELSE '' END
+        USING ERRCODE = 'PF002';
+    END IF;
+  END IF;
+
+  WITH ids AS MATERIALIZED (
+    SELECT coalesce(start_flows.run_ids[i.ord], gen_random_uuid()) AS run_id, coalesce(i.input, 'null') AS input, i.ord
+    FROM unnest(inputs) WITH ORDINALITY AS i(input, ord)
+  ), new_runs AS (
+    INSERT INTO pgflow.runs (run_id, flow_slug, status, input, remaining_steps)
+    SELECT ids.run_id, start_flows.flow_slug, 'started', ids.input, v_steps FROM ids
+  ), new_states AS (
+    INSERT INTO pgflow.step_states (run_id, step_slug, flow_slug, status, remaining_deps)
+    SELECT ids.run_id, s.step_slug, start_flows.flow_slug, 'created', s.deps_count
+    FROM ids CROSS JOIN pgflow.steps s
+    WHERE s.flow_slug = start_flows.flow_slug
+  )
+  SELECT array_agg(ids.run_id ORDER BY ids.ord) INTO v_ids FROM ids;
+
+  -- Both arrays come from one query so that their elements pair up.
+  SELECT array_agg(r.run_id), array_agg(s.step_slug) INTO v_ready_runs, v_ready_steps
+  FROM unnest(v_ids) AS r(run_id) CROSS JOIN pgflow.steps s
+  WHERE s.flow_slug = start_flows.flow_slug AND s.deps_count = 0;
+
+  PERFORM pgflow._advance(NULL, NULL, v_ready_runs, v_ready_steps);
+  RETURN v_ids;
+END $$;
+
+-- start_flow starts one run and returns its id.
+CREATE FUNCTION pgflow.start_flow(flow_slug text, input jsonb DEFAULT '{}', run_id uuid DEFAULT NULL)
+RETURNS uuid
+LANGUAGE sql
+RETURN (pgflow.start_flows(flow_slug, ARRAY[coalesce(input, 'null'::jsonb)],
+        CASE WHEN run_id IS NULL THEN NULL ELSE ARRAY[run_id] END))[1];
+
+------------------------------------------------------------------------------
+-- Working on tasks
+------------------------------------------------------------------------------
+
+-- fail_tasks records failed attempts (fenced: a result for any attempt but a
+-- task's latest started one changes nothing). An attempt with retries left
+-- requeues its task after base_delay * 2^(n-1); a permanent error or the last
+-- attempt fails the step and the run. Returns how many results applied.
+CREATE FUNCTION pgflow.fail_tasks(
+  run_ids        uuid[],
+  step_slugs     text[],
+  task_indexes   int[],
+  attempts       int[],
+  error_messages text[],
+  permanent      boolean[] DEFAULT NULL
+) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_final_runs  uuid[];
+  v_final_steps text[];
+  v_final_idx   int[];
+  v_failed_runs uuid[];
+  v_failed_steps text[];
+  v_failed_idx  int[];
+  v_failed_msgs text[];
+  v_row         record;
+  v_flows       text[];
+  v_retried     int;
+BEGIN
+  IF coalesce(cardinality(run_ids), 0) = 0 THEN
+    RETURN 0;
+  END IF;
+  IF cardinality(step_slugs) IS DISTINCT FROM cardinality(run_ids)
+     OR cardinality(task_indexes) IS DISTINCT FROM cardinality(run_ids)
+     OR cardinality(attempts) IS DISTINCT FROM cardinality(run_ids)
+     OR cardinality(error_messages) IS DISTINCT FROM cardinality(run_ids)
+     OR (permanent IS NOT NULL AND cardinality(permanent) <> cardinality(run_ids)) THEN
+    RAISE EXCEPTION 'fail_tasks: argument arrays differ in length' USING ERRCODE = 'PF005';
+  END IF;
+
+  -- Which failures end their task for good is known before taking any lock:
+  -- a permanent error, or the last allowed attempt. (If the task moves on
+  -- meanwhile, this attempt is stale and fenced out below.)
+  SELECT array_agg(f.run_id), array_agg(f.step_slug), array_agg(f.task_index)
+  INTO v_final_runs, v_final_steps, v_final_idx
+  FROM unnest(run_ids, step_slugs, task_indexes, attempts, coalesce(permanent, '{}'))
+       AS f(run_id, step_slug, task_index, attempt, permanent)
+  JOIN pgflow.step_tasks t ON t.run_id = f.run_id AND t.step_slug = f.step_slug AND t.task_index = f.task_index
+  JOIN pgflow.step_options so ON so.flow_slug = t.flow_slug AND so.step_slug = t.step_slug
+  WHERE t.status = 'started' AND t.attempt = f.attempt
+    AND (coalesce(f.permanent, false) OR t.failures + 1 >= so.max_attempts);
+
+  -- Lock order: the runs that will fail, then in one sorted sweep every step
+  -- state of those runs and of the batch's steps.
+  IF v_final_runs IS NOT NULL THEN
+    PERFORM 1 FROM pgflow.runs r WHERE r.run_id = ANY (v_final_runs) ORDER BY r.run_id FOR UPDATE;
+  END IF;
+  PERFORM 1 FROM pgflow.step_states ss
+  WHERE ss.run_id = ANY (v_final_runs)
+     OR (ss.run_id, ss.step_slug) IN (SELECT x.run_id, x.step_slug FROM unnest(run_ids, step_slugs) AS x(run_id, step_slug))
+  ORDER BY ss.run_id, ss.step_slug
+  FOR UPDATE OF ss;
+
+  IF v_final_runs IS NOT NULL THEN
+
+    WITH f AS (
+      SELECT * FROM unnest(run_ids, step_slugs, task_indexes, attempts, error_messages)
+               AS f(run_id, step_slug, task_index, attempt, message)
+    ), final AS (
+      SELECT * FROM unnest(v_final_runs, v_final_steps, v_final_idx) AS k(run_id, step_slug, task_index)
+    ), failed AS (
+      UPDATE pgflow.step_tasks t
+      SET status = 'failed', failures = t.failures + 1, error_message = f.message, ended_at = now()
+      FROM final k, f
+      WHERE t.run_id = k.run_id AND t.step_slug = k.step_slug AND t.task_index = k.task_index
+        AND f.run_id = t.run_id AND f.step_slug = t.step_slug AND f.task_index = t.task_index
+        AND t.attempt = f.attempt AND t.status = 'started'
+      RETURNING t.run_id, t.step_slug, t.task_index, t.error_message
+    )
+    SELECT array_agg(failed.run_id ORDER BY failed.run_id, failed.step_slug, failed.task_index),
+           array_agg(failed.step_slug ORDER BY failed.run_id, failed.step_slug, failed.task_index),
+           array_agg(failed.task_index ORDER BY failed.run_id, failed.step_slug, failed.task_index),
+           array_agg(failed.error_message ORDER BY failed.run_id, failed.step_slug, failed.task_index)
+    INTO v_failed_runs, v_failed_steps, v_failed_idx, v_failed_msgs
+    FROM failed;
+
+    FOR v_row IN
+      SELECT DISTINCT ON (x.run_id) x.run_id, x.step_slug, x.task_index, x.message
+      FROM unnest(v_failed_runs, v_failed_steps, v_failed_idx, v_failed_msgs) WITH ORDINALITY
+           AS x(run_id, step_slug, task_index, message, ord)
+      ORDER BY x.run_id, x.ord
+    LOOP
+      PERFORM pgflow._end_run(v_row.run_id, 'failed', v_row.step_slug, v_row.task_index, v_row.message);
+    END LOOP;
+  END IF;
+
+  -- The rest are retried after their backoff.
+  WITH f AS (
+    SELECT * FROM unnest(run_ids, step_slugs, task_indexes, attempts, error_messages)
+             AS f(run_id, step_slug, task_index, attempt, message)
+  ), retried AS (
+    UPDATE pgflow.step_tasks t
+    SET status = 'queued', failures = t.failures + 1, error_message = f.message, worker_id = NULL,
+        visible_at = now() + pgflow._retry_delay(so.base_delay, t.failures + 1)
+    FROM f, pgflow.step_options so
+    WHERE t.run_id = f.run_id AND t.step_slug = f.step_slug AND t.task_index = f.task_index
+      AND t.attempt = f.attempt AND t.status = 'started'
+      AND so.flow_slug = t.flow_slug AND so.step_slug = t.step_slug
+    RETURNING t.flow_slug
+  )
+  SELECT count(*)::int, coalesce(array_agg(DISTINCT retried.flow_slug), '{}') INTO v_retried, v_flows FROM retried;
+
+  PERFORM pg_notify('pgflow_tasks', f) FROM unnest(v_flows) AS f;
+  RETURN v_retried + coalesce(cardinality(v_failed_runs), 0);
+END $$;
+
+-- fail_task records one failed attempt; returns the task's status afterwards
+-- ('queued' when it will be retried, 'failed'), or NULL when the result was
+-- fenced out (stale attempt, task already finished, run ended).
+CREATE FUNCTION pgflow.fail_task(
+  run_id        uuid,
+  step_slug     text,
+  task_index    int,
+  attempt       int,
+  error_message text,
+  permanent     boolean DEFAULT false
+) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF pgflow.fail_tasks(ARRAY[fail_task.run_id], ARRAY[fail_task.step_slug], ARRAY[fail_task.task_index],
+                       ARRAY[fail_task.attempt], ARRAY[fail_task.error_message], ARRAY[fail_task.permanent]) = 0 THEN
+    RETURN NULL;
+  END IF;
+  RETURN (SELECT t.status FROM pgflow.step_tasks t
+          WHERE t.run_id = fail_task.run_id AND t.step_slug = fail_task.step_slug AND t.task_index = fail_task.task_index);
+END $$;
+
+-- _reap_expired fails the tasks of the given steps whose last allowed attempt
+-- outlived its lease ("timeout"). Expired leases with attempts left are taken
+-- over by claim_tasks instead.
+CREATE FUNCTION pgflow._reap_expired(p_flow_slugs text[], p_step_slugs text[]) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_runs  uuid[];
+  v_steps text[];
+  v_idx   int[];
+  v_att   int[];
+  v_msgs  text[];
+BEGIN
+  SELECT array_agg(t.run_id), array_agg(t.step_slug), array_agg(t.task_index), array_agg(t.attempt),
+         array_agg(format('timeout: attempt %s did not finish within %s', t.attempt, so.timeout))
+  INTO v_runs, v_steps, v_idx, v_att, v_msgs
+  FROM unnest(p_flow_slugs, p_step_slugs) AS w(flow_slug, step_slug)
+  JOIN pgflow.step_options so ON so.flow_slug = w.flow_slug AND so.step_slug = w.step_slug
+  CROSS JOIN LATERAL (
+    SELECT t.run_id, t.step_slug, t.task_index, t.attempt FROM pgflow.step_tasks t
+    WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug
+      AND t.status = 'started' AND t.visible_at <= now() AND t.failures + 1 >= so.max_attempts) t;
+
+  IF v_runs IS NULL THEN
+    RETURN 0;
+  END IF;
+  RETURN pgflow.fail_tasks(v_runs, v_steps, v_idx, v_att, v_msgs);
+END $$;
+
+-- claim_tasks claims up to max_tasks claimable tasks of the given steps
+-- (flow_slugs[i], step_slugs[i]) for a worker and returns each with its input
+-- ready to decode: the run input (unless with_run_input[i] is false), the
+-- outputs of a single step's dependencies keyed by slug, or a fanout task's
+-- own element. Each claim starts a new attempt leased for the step's timeout
+-- plus lease_grace; an attempt whose lease has expired is taken over by the
+-- next claim (counting as a failed "timeout" attempt), or fails the run when
+-- it was the last one.
+CREATE FUNCTION pgflow.claim_tasks(
+  worker_id      uuid,
+  flow_slugs     text[],
+  step_slugs     text[],
+  max_tasks      int,
+  with_run_input boolean[] DEFAULT NULL,
+  lease_grace    interval DEFAULT '2 seconds'
+) RETURNS TABLE (
+  run_id      uuid,
+  flow_slug   text,
+  step_slug   text,
+  task_index  int,
+  attempt     int,
+  timeout     interval,
+  run_input   jsonb,
+  deps_output jsonb,
+  item        jsonb
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_expired tid[];
+  v_queued  tid[];
+BEGIN
+  IF claim_tasks.max_tasks IS NULL OR claim_tasks.max_tasks < 1 OR coalesce(cardinality(claim_tasks.flow_slugs), 0) = 0 THEN
+    RETURN;
+  END IF;
+  IF cardinality(claim_tasks.step_slugs) IS DISTINCT FROM cardinality(claim_tasks.flow_slugs)
+     OR (claim_tasks.with_run_input IS NOT NULL
+         AND cardinality(claim_tasks.with_run_input) <> cardinality(claim_tasks.flow_slugs)) THEN
+    RAISE EXCEPTION 'claim_tasks: argument arrays differ in length' USING ERRCODE = 'PF005';
+  END IF;
+
+  PERFORM pgflow._reap_expired(claim_tasks.flow_slugs, claim_tasks.step_slugs);
+
+  -- Expired leases with attempts left first, then queued tasks. Rows are
+  -- locked by address and never waited for.
+  v_expired := ARRAY(
+    SELECT x.ctid
+    FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS w(flow_slug, step_slug)
+    JOIN pgflow.step_options so ON so.flow_slug = w.flow_slug AND so.step_slug = w.step_slug
+    CROSS JOIN LATERAL (
+      SELECT t.ctid FROM pgflow.step_tasks t
+      WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug
+        AND t.status = 'started' AND t.visible_at <= now() AND t.failures + 1 < so.max_attempts
+      ORDER BY t.visible_at
+      LIMIT claim_tasks.max_tasks
+      FOR UPDATE OF t SKIP LOCKED) x
+    LIMIT claim_tasks.max_tasks);
+
+  v_queued := ARRAY(
+    SELECT x.ctid
+    FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS w(flow_slug, step_slug)
+    CROSS JOIN LATERAL (
+      SELECT t.ctid FROM pgflow.step_tasks t
+      WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug
+        AND t.status = 'queued' AND t.visible_at <= now()
+      ORDER BY t.visible_at
+      LIMIT claim_tasks.max_tasks - cardinality(v_expired)
+      FOR UPDATE OF t SKIP LOCKED) x
+    LIMIT claim_tasks.max_tasks - cardinality(v_expired));
+
+  IF cardinality(v_expired) + cardinality(v_queued) = 0 THEN
+    RETURN;
+  END IF;
+
+  -- The update reaches the locked rows by address only: any other condition
+  -- on the task table would let the planner walk a whole step's tasks. The
+  -- addresses go through a sub-select so that the planner does not see how
+  -- many there are: told "100", it prices a TID scan above a sequential scan
+  -- of a small task table.
+  RETURN QUERY
+  WITH claimed AS (
+    UPDATE pgflow.step_tasks t
+    SET (status, attempt, failures, error_message, visible_at, started_at, ended_at, worker_id) = (
+      SELECT CASE WHEN r.status = 'started' THEN 'started' ELSE 'cancelled' END,
+             t.attempt + 1,
+             t.failures + (t.status = 'started')::int,
+             CASE WHEN t.status = 'started'
+                  THEN format('timeout: attempt %s did not finish within %s', t.attempt, so.timeout)
+                  ELSE t.error_message END,
+             -- The lease; when another attempt would remain after this one,
+             -- it also holds the retry delay that a timeout incurs.
+             now() + so.timeout + claim_tasks.lease_grace
+               + CASE WHEN t.failures + (t.status = 'started')::int + 1 < so.max_attempts
+                      THEN pgflow._retry_delay(so.base_delay, t.failures + (t.status = 'started')::int + 1)
+                      ELSE interval '0' END,
+             now(),
+             CASE WHEN r.status = 'started' THEN NULL ELSE now() END,
+             claim_tasks.worker_id
+      FROM pgflow.step_options so, pgflow.runs r
+      WHERE so.flow_slug = t.flow_slug AND so.step_slug = t.step_slug AND r.run_id = t.run_id)
+    WHERE t.ctid = ANY (ARRAY(SELECT unnest(v_expired || v_queued)))
+    RETURNING t.run_id, t.flow_slug, t.step_slug, t.task_index, t.attempt, t.status, t.item
+  ), wanted AS (
+    SELECT so.flow_slug, so.step_slug, so.step_type, so.deps_count, so.timeout, coalesce(w.with_run, true) AS with_run
+    FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs, claim_tasks.with_run_input)
+         AS w(flow_slug, step_slug, with_run)
+    JOIN pgflow.step_options so ON so.flow_slug = w.flow_slug AND so.step_slug = w.step_slug
+  )
+  SELECT c.run_id, c.flow_slug, c.step_slug, c.task_index, c.attempt, w.timeout,
+         CASE WHEN w.with_run THEN (SELECT r.input FROM pgflow.runs r WHERE r.run_id = c.run_id) END,
+         CASE WHEN w.step_type = 'single' AND w.deps_count > 0 THEN
+           (SELECT jsonb_object_agg(d.dep_slug, ss.output)
+            FROM pgflow.deps d
+            JOIN pgflow.step_states ss ON ss.run_id = c.run_id AND ss.step_slug = d.dep_slug
+            WHERE d.flow_slug = c.flow_slug AND d.step_slug = c.step_slug)
+         END,
+         c.item
+  FROM claimed c
+  JOIN wanted w ON w.flow_slug = c.flow_slug AND w.step_slug = c.step_slug
+  WHERE c.status = 'started';
+END $$;
+
+-- complete_tasks records task outputs (fenced by attempt, like fail_tasks)
+-- and returns how many applied. The completion that brings a step's
+-- remaining tasks to zero completes the step, aggregating a fanout step's
+-- output as a JSON array ordered by task index, and moves the run on.
+CREATE FUNCTION pgflow.complete_tasks(
+  run_ids      uuid[],
+  step_slugs   text[],
+  task_indexes int[],
+  attempts     int[],
+  outputs      jsonb[]
+) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_steps      int;
+  v_slow       boolean;
+  v_locked     int;
+  v_applied    int;
+  v_done_runs  uuid[];
+  v_done_steps text[];
+BEGIN
+  IF coalesce(cardinality(run_ids), 0) = 0 THEN
+    RETURN 0;
+  END IF;
+  IF cardinality(step_slugs) IS DISTINCT FROM cardinality(run_ids)
+     OR cardinality(task_indexes) IS DISTINCT FROM cardinality(run_ids)
+     OR cardinality(attempts) IS DISTINCT FROM cardinality(run_ids)
+     OR cardinality(outputs) IS DISTINCT FROM cardinality(run_ids) THEN
+    RAISE EXCEPTION 'complete_tasks: argument arrays differ in length' USING ERRCODE = 'PF005';
+  END IF;
+
+  -- A batch that cannot finish any step (each step has more unfinished tasks
+  -- than the batch completes) needs only the step state locks. Otherwise it
+  -- takes the run locks first, as the lock order requires. The first check
+  -- reads without locks; the guarded lock below confirms it, and if a step
+  -- got closer to its end meanwhile, the error escape from the block
+  -- releases the step state locks it took and the slow path runs instead.
+  SELECT count(*), coalesce(bool_or(ss.status IS DISTINCT FROM 'started' OR ss.remaining_tasks <= b.n), true)
+  INTO v_steps, v_slow
+  FROM (SELECT x.run_id, x.step_slug, count(*)::int AS n
+        FROM unnest(run_ids, step_slugs) AS x(run_id, step_slug) GROUP BY x.run_id, x.step_slug) b
+  LEFT JOIN pgflow.step_states ss ON ss.run_id = b.run_id AND ss.step_slug = b.step_slug;
+
+  IF NOT v_slow THEN
+    BEGIN
+      SELECT count(*) INTO v_locked FROM (
+        SELECT 1
+        FROM pgflow.step_states ss
+        JOIN (SELECT x.run_id, x.step_slug, count(*)::int AS n
+              FROM unnest(run_ids, step_slugs) AS x(run_id, step_slug) GROUP BY x.run_id, x.step_slug) b
+          ON ss.run_id = b.run_id AND ss.step_slug = b.step_slug
+        WHERE ss.status = 'started' AND ss.remaining_tasks > b.n
+        ORDER BY ss.run_id, ss.step_slug
+        FOR UPDATE OF ss) l;
+      IF v_locked < v_steps THEN
+        RAISE EXCEPTION 'complete_tasks: batch may finish a step' USING ERRCODE = 'PF900';
+      END IF;
+    EXCEPTION WHEN SQLSTATE 'PF900' THEN
+      v_slow := true;
+    END;
+  END IF;
+
+  IF v_slow THEN
+    PERFORM 1 FROM pgflow.runs r WHERE r.run_id = ANY (run_ids) ORDER BY r.run_id FOR UPDATE;
+    PERFORM 1 FROM pgflow.step_states ss WHERE ss.run_id = ANY (run_ids)
+    ORDER BY ss.run_id, ss.step_slug
+    FOR UPDATE OF ss;
+  END IF;
+
+  WITH c AS (
+    SELECT * FROM unnest(run_ids, step_slugs, task_indexes, attempts, outputs)
+             AS c(run_id, step_slug, task_index, attempt, output)
+  ), done AS (
+    UPDATE pgflow.step_tasks t
+    SET status = 'completed', ended_at = now(),
+        output = CASE WHEN s.step_type = 'fanout' THEN coalesce(c.output, 'null'::jsonb) END
+    FROM c, pgflow.steps s
+    WHERE t.run_id = c.run_id AND t.step_slug = c.step_slug AND t.task_index = c.task_index
+      AND t.attempt = c.attempt AND t.status = 'started'
+      AND s.flow_slug = t.flow_slug AND s.step_slug = t.step_slug
+    RETURNING t.run_id, t.step_slug, s.step_type, coalesce(c.output, 'null'::jsonb) AS output
+  ), counted AS (
+    SELECT done.run_id, done.step_slug, count(*)::int AS n,
+           bool_and(done.step_type = 'single') AS single,
+           (array_agg(done.output))[1] AS single_output
+    FROM done
+    GROUP BY done.run_id, done.step_slug
+  ), decremented AS (
+    UPDATE pgflow.step_states ss
+    SET remaining_tasks = ss.remaining_tasks - counted.n,
+        output = CASE WHEN counted.single THEN counted.single_output ELSE ss.output END
+    FROM counted
+    WHERE ss.run_id = counted.run_id AND ss.step_slug = counted.step_slug
+    RETURNING ss.run_id, ss.step_slug, ss.remaining_tasks, counted.n
+  )
+  SELECT coalesce(sum(d.n), 0)::int,
+         coalesce(array_agg(d.run_id) FILTER (WHERE d.remaining_tasks = 0), '{}'),
+         coalesce(array_agg(d.step_slug) FILTER (WHERE d.remaining_tasks = 0), '{}')
+  INTO v_applied, v_done_runs, v_done_steps
+  FROM decremented d;
+
+  IF cardinality(v_done_runs) > 0 THEN
+    IF NOT v_slow THEN
+      RAISE EXCEPTION 'complete_tasks: a step finished without its run lock' USING ERRCODE = 'XX000';
+    END IF;
+    -- A new statement, so it sees every task output committed before the
+    -- step state locks were granted, plus this batch's own.
+    UPDATE pgflow.step_states ss
+    SET status = 'completed', ended_at = now(),
+        output = CASE WHEN s.step_type = 'fanout'
+                      THEN (SELECT coalesce(jsonb_agg(t.output ORDER BY t.task_index), '[]')
+                            FROM pgflow.step_tasks t
+                            WHERE t.run_id = ss.run_id AND t.step_slug = ss.step_slug)
+                      ELSE ss.output END
+    FROM unnest(v_done_runs, v_done_steps) AS d(run_id, step_slug), pgflow.steps s
+    WHERE ss.run_id = d.run_id AND ss.step_slug = d.step_slug
+      AND s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug;
+
+    PERFORM pgflow._advance(v_done_runs, v_done_steps, NULL, NULL);
+  END IF;
+  RETURN v_applied;
+END $$;
+
+-- complete_task records one task's output; returns whether it applied.
+CREATE FUNCTION pgflow.complete_task(run_id uuid, step_slug text, task_index int, attempt int, output jsonb)
+RETURNS boolean
+LANGUAGE sql
+RETURN pgflow.complete_tasks(ARRAY[run_id], ARRAY[step_slug], ARRAY[task_index], ARRAY[attempt],
+                             ARRAY[coalesce(output, 'null'::jsonb)]) > 0;
+
+-- release_tasks hands started tasks back to the queue without counting a
+-- failed attempt (a worker shutting down), so another worker can take them at
+-- once. Fenced by attempt; returns how many were released.
+CREATE FUNCTION pgflow.release_tasks(run_ids uuid[], step_slugs text[], task_indexes int[], attempts int[])
+RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_n     int;
+  v_flows text[];
+BEGIN
+  PERFORM 1 FROM pgflow.step_states ss
+  JOIN (SELECT DISTINCT x.run_id, x.step_slug FROM unnest(run_ids, step_slugs) AS x(run_id, step_slug)) k
+    ON ss.run_id = k.run_id AND ss.step_slug = k.step_slug
+  ORDER BY ss.run_id, ss.step_slug
+  FOR UPDATE OF ss;
+
+  WITH r AS (
+    SELECT * FROM unnest(run_ids, step_slugs, task_indexes, attempts) AS r(run_id, step_slug, task_index, attempt)
+  ), released AS (
+    UPDATE pgflow.step_tasks t
+    SET status = 'queued', visible_at = now(), worker_id = NULL
+    FROM r
+    WHERE t.run_id = r.run_id AND t.step_slug = r.step_slug AND t.task_index = r.task_index
+      AND t.attempt = r.attempt AND t.status = 'started'
+    RETURNING t.flow_slug
+  )
+  SELECT count(*)::int, coalesce(array_agg(DISTINCT released.flow_slug), '{}') INTO v_n, v_flows FROM released;
+  PERFORM pg_notify('pgflow_tasks', f) FROM unnest(v_flows) AS f;
+  RETURN v_n;
+END $$;
+
+-- next_visible_at returns when the next task of the given steps becomes
+-- claimable (a delayed queued task, or a lease that will expire), or NULL.
+CREATE FUNCTION pgflow.next_visible_at(flow_slugs text[], step_slugs text[]) RETURNS timestamptz
+LANGUAGE sql STABLE
+RETURN (
+  SELECT min(x.visible_at) FROM (
+    SELECT (SELECT t.visible_at FROM pgflow.step_tasks t
+            WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug AND t.status = 'queued'
+            ORDER BY t.visible_at LIMIT 1) AS visible_at
+    FROM unnest(flow_slugs, step_slugs) AS w(flow_slug, step_slug)
+    UNION ALL
+    SELECT (SELECT t.visible_at FROM pgflow.step_tasks t
+            WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug AND t.status = 'started'
+            ORDER BY t.visible_at LIMIT 1)
+    FROM unnest(flow_slugs, step_slugs) AS w(flow_slug, step_slug)
+  ) x);
+
+------------------------------------------------------------------------------
+-- Runs
+------------------------------------------------------------------------------
+
+-- cancel_run ends a started run as cancelled: its queued tasks leave the
+-- queue and late results change nothing. Returns false when the run had
+-- already ended.
+CREATE FUNCTION pgflow.cancel_run(run_id uuid) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM 1 FROM pgflow.runs r WHERE r.run_id = cancel_run.run_id FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'run % does not exist', cancel_run.run_id USING ERRCODE = 'PF004';
+  END IF;
+  RETURN pgflow._end_run(cancel_run.run_id, 'cancelled', NULL, NULL, NULL);
+END $$;
+
+-- get_run returns a run with its step states as JSON, or NULL when there is
+-- no such run.
+CREATE FUNCTION pgflow.get_run(run_id uuid) RETURNS jsonb
+LANGUAGE sql STABLE
+RETURN (
+  SELECT jsonb_build_object(
+    'run_id', r.run_id,
+    'flow_slug', r.flow_slug,
+    'status', r.status,
+    'input', r.input,
+    'output', r.output,
+    'remaining_steps', r.remaining_steps,
+    'error_step', r.error_step,
+    'error_task_index', r.error_task_index,
+    'error_message', r.error_message,
+    'started_at', r.started_at,
+    'ended_at', r.ended_at,
+    'steps', (
+      SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'step_slug', ss.step_slug,
+               'step_type', s.step_type,
+               'status', ss.status,
+               'remaining_deps', ss.remaining_deps,
+               'total_tasks', ss.total_tasks,
+               'remaining_tasks', ss.remaining_tasks,
+               'error_message', ss.error_message,
+               'started_at', ss.started_at,
+               'ended_at', ss.ended_at) ORDER BY s.step_index), '[]')
+      FROM pgflow.step_states ss
+      JOIN pgflow.steps s ON s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug
+      WHERE ss.run_id = r.run_id))
+  FROM pgflow.runs r
+  WHERE r.run_id = get_run.run_id);
+
+------------------------------------------------------------------------------
+-- Workers
+------------------------------------------------------------------------------
+
+-- worker_heartbeat registers a worker or records that it is alive.
+CREATE FUNCTION pgflow.worker_heartbeat(worker_id uuid, flow_slugs text[], hostname text DEFAULT NULL)
+RETURNS void
+LANGUAGE sql
+BEGIN ATOMIC
+  INSERT INTO pgflow.workers AS w (worker_id, flow_slugs, hostname)
+  VALUES (worker_heartbeat.worker_id, coalesce(worker_heartbeat.flow_slugs, '{}'), worker_heartbeat.hostname)
+  ON CONFLICT (worker_id) DO UPDATE
+  SET last_heartbeat_at = now(), flow_slugs = excluded.flow_slugs, stopped_at = NULL;
+END;
+
+-- worker_stopped records that a worker has shut down.
+CREATE FUNCTION pgflow.worker_stopped(worker_id uuid) RETURNS void
+LANGUAGE sql
+BEGIN ATOMIC
+  UPDATE pgflow.workers w SET stopped_at = now(), last_heartbeat_at = now()
+  WHERE w.worker_id = worker_stopped.worker_id;
+END;
