@@ -568,3 +568,27 @@ func deref[T any](p *T) T {
 	}
 	return *p
 }
+
+// TestClaimSurvivesOrphanedTasks: tasks whose run was deleted by hand are
+// cancelled by the next claim instead of breaking it for every worker.
+func TestClaimSurvivesOrphanedTasks(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("orphans", "", step{slug: "each", fanout: true})
+	gone := e.start("orphans", `[1, 2, 3]`)
+	kept := e.start("orphans", `[4, 5]`)
+	e.exec("DELETE FROM pgflow.runs WHERE run_id = $1::uuid", gone)
+
+	got := e.claim(10, "orphans.each")
+	if len(got) != 2 {
+		t.Fatalf("claimed %d tasks, want the 2 of the remaining run", len(got))
+	}
+	for _, k := range got {
+		if k.RunID != kept {
+			t.Fatalf("claimed a task of run %s", k.RunID)
+		}
+	}
+	if n := e.liveTasks(gone); n != 0 {
+		t.Fatalf("%d orphaned tasks still live", n)
+	}
+}

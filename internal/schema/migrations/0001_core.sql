@@ -1,19 +1,26 @@
 -- pgflow core schema, version 1.
 --
--- Lock order (every function follows it, so concurrent calls never deadlock):
---   1. run rows          (sorted by run_id)
---   2. step_states rows  (sorted by run_id, step_slug)
---   3. step_tasks rows
--- A function may skip a level but never goes back up. Whoever locks a run
--- row also locks every step state of that run, in the same sorted sweep as
--- the other step states it needs, before touching anything else; so what it
--- does later to the run (cascading, failing, cancelling) needs no new lock.
--- Whoever may wait for a task row holds the step state of that task's step
--- first, so two such transactions touching the same task are already
--- serialised by the step state and task rows need no order of their own.
--- Claims lock task rows with SKIP LOCKED and never wait. A completion batch
--- that cannot finish any step locks only its step states; one that might
--- finish a step locks the run rows first (see complete_tasks).
+-- Locking (every function follows these rules, so concurrent calls do not
+-- deadlock):
+--   * Waits on run rows and step states happen in one order: run rows
+--     (sorted by run_id), then step states (sorted by run_id, step_slug).
+--     Whoever locks a run row also locks every step state of that run in
+--     the same sorted sweep, so what it does to the run afterwards
+--     (cascading, failing, cancelling) needs no new lock on them.
+--   * A completion batch that cannot finish any step (the common case in a
+--     fanout) updates its tasks and then decrements its step states in the
+--     same statement, so it holds its task rows while it waits for a step
+--     state. Whoever holds a run row or a step state therefore never waits
+--     for a task row of another report: it only updates the tasks of its
+--     own report (which at most a claim holds for a moment, and claims never
+--     wait), and when it ends a run it takes the run's other tasks with
+--     SKIP LOCKED (a task locked by someone else is being claimed or
+--     reported right now, and that party finds the run ended).
+--   * Two reports of the same task at the same moment can still deadlock
+--     each other; Postgres then aborts one, and its retry is fenced out as
+--     the duplicate it is.
+--   * A completion batch that might finish a step locks its run rows first
+--     (see complete_tasks).
 --
 -- All functions expect READ COMMITTED: each statement of a PL/pgSQL function
 -- then sees the rows committed before it started, which the completion path
@@ -410,9 +417,14 @@ BEGIN
         ORDER BY x.step_slug FOR UPDATE) l
   WHERE ss.run_id = p_run_id AND ss.step_slug = l.step_slug;
 
+  -- Tasks locked by someone else are being claimed or reported right now;
+  -- whoever holds them finds the run ended and fences itself out.
   UPDATE pgflow.step_tasks t
   SET status = 'cancelled', ended_at = now()
-  WHERE t.run_id = p_run_id AND t.status IN ('queued', 'started');
+  WHERE t.ctid = ANY (ARRAY(
+    SELECT x.ctid FROM pgflow.step_tasks x
+    WHERE x.run_id = p_run_id AND x.status IN ('queued', 'started')
+    FOR UPDATE SKIP LOCKED));
 
   PERFORM pg_notify('pgflow_runs', json_build_object('status', p_status, 'run_ids', json_build_array(p_run_id))::text);
   RETURN true;
@@ -672,16 +684,16 @@ CREATE FUNCTION pgflow.fail_tasks(
 ) RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
-  v_final_runs  uuid[];
-  v_final_steps text[];
-  v_final_idx   int[];
-  v_failed_runs uuid[];
+  v_final_runs   uuid[];
+  v_final_steps  text[];
+  v_final_idx    int[];
+  v_failed_runs  uuid[];
   v_failed_steps text[];
-  v_failed_idx  int[];
-  v_failed_msgs text[];
-  v_row         record;
-  v_flows       text[];
-  v_retried     int;
+  v_failed_idx   int[];
+  v_failed_msgs  text[];
+  v_applied      int;
+  v_flows        text[];
+  v_row          record;
 BEGIN
   IF coalesce(cardinality(run_ids), 0) = 0 THEN
     RETURN 0;
@@ -706,8 +718,8 @@ BEGIN
   WHERE t.status = 'started' AND t.attempt = f.attempt
     AND (coalesce(f.permanent, false) OR t.failures + 1 >= so.max_attempts);
 
-  -- Lock order: the runs that will fail, then in one sorted sweep every step
-  -- state of those runs and of the batch's steps.
+  -- The runs that will fail, then in one sorted sweep every step state of
+  -- those runs and of the batch's steps.
   IF v_final_runs IS NOT NULL THEN
     PERFORM 1 FROM pgflow.runs r WHERE r.run_id = ANY (v_final_runs) ORDER BY r.run_id FOR UPDATE;
   END IF;
@@ -717,57 +729,54 @@ BEGIN
   ORDER BY ss.run_id, ss.step_slug
   FOR UPDATE OF ss;
 
-  IF v_final_runs IS NOT NULL THEN
-
-    WITH f AS (
-      SELECT * FROM unnest(run_ids, step_slugs, task_indexes, attempts, error_messages)
-               AS f(run_id, step_slug, task_index, attempt, message)
-    ), final AS (
-      SELECT * FROM unnest(v_final_runs, v_final_steps, v_final_idx) AS k(run_id, step_slug, task_index)
-    ), failed AS (
-      UPDATE pgflow.step_tasks t
-      SET status = 'failed', failures = t.failures + 1, error_message = f.message, ended_at = now()
-      FROM final k, f
-      WHERE t.run_id = k.run_id AND t.step_slug = k.step_slug AND t.task_index = k.task_index
-        AND f.run_id = t.run_id AND f.step_slug = t.step_slug AND f.task_index = t.task_index
-        AND t.attempt = f.attempt AND t.status = 'started'
-      RETURNING t.run_id, t.step_slug, t.task_index, t.error_message
-    )
-    SELECT array_agg(failed.run_id ORDER BY failed.run_id, failed.step_slug, failed.task_index),
-           array_agg(failed.step_slug ORDER BY failed.run_id, failed.step_slug, failed.task_index),
-           array_agg(failed.task_index ORDER BY failed.run_id, failed.step_slug, failed.task_index),
-           array_agg(failed.error_message ORDER BY failed.run_id, failed.step_slug, failed.task_index)
-    INTO v_failed_runs, v_failed_steps, v_failed_idx, v_failed_msgs
-    FROM failed;
-
-    FOR v_row IN
-      SELECT DISTINCT ON (x.run_id) x.run_id, x.step_slug, x.task_index, x.message
-      FROM unnest(v_failed_runs, v_failed_steps, v_failed_idx, v_failed_msgs) WITH ORDINALITY
-           AS x(run_id, step_slug, task_index, message, ord)
-      ORDER BY x.run_id, x.ord
-    LOOP
-      PERFORM pgflow._end_run(v_row.run_id, 'failed', v_row.step_slug, v_row.task_index, v_row.message);
-    END LOOP;
-  END IF;
-
-  -- The rest are retried after their backoff.
+  -- Fail the final attempts, requeue the others after their backoff; a task
+  -- whose run has ended meanwhile is cancelled instead.
   WITH f AS (
-    SELECT * FROM unnest(run_ids, step_slugs, task_indexes, attempts, error_messages)
-             AS f(run_id, step_slug, task_index, attempt, message)
-  ), retried AS (
+    SELECT f.*, (k.task_index IS NOT NULL) AS final
+    FROM unnest(run_ids, step_slugs, task_indexes, attempts, error_messages)
+         AS f(run_id, step_slug, task_index, attempt, message)
+    LEFT JOIN unnest(v_final_runs, v_final_steps, v_final_idx) AS k(run_id, step_slug, task_index)
+      ON k.run_id = f.run_id AND k.step_slug = f.step_slug AND k.task_index = f.task_index
+  ), updated AS (
     UPDATE pgflow.step_tasks t
-    SET status = 'queued', failures = t.failures + 1, error_message = f.message, worker_id = NULL,
-        visible_at = now() + pgflow._retry_delay(so.base_delay, t.failures + 1)
-    FROM f, pgflow.step_options so
+    SET status = CASE WHEN r.status IS DISTINCT FROM 'started' THEN 'cancelled'
+                      WHEN f.final THEN 'failed' ELSE 'queued' END,
+        failures = t.failures + 1,
+        error_message = f.message,
+        ended_at = CASE WHEN f.final OR r.status IS DISTINCT FROM 'started' THEN now() END,
+        worker_id = CASE WHEN f.final THEN t.worker_id END,
+        visible_at = CASE WHEN f.final THEN t.visible_at
+                          ELSE now() + pgflow._retry_delay(so.base_delay, t.failures + 1) END
+    FROM f
+    LEFT JOIN pgflow.step_options so ON true
+    LEFT JOIN pgflow.runs r ON true
     WHERE t.run_id = f.run_id AND t.step_slug = f.step_slug AND t.task_index = f.task_index
       AND t.attempt = f.attempt AND t.status = 'started'
       AND so.flow_slug = t.flow_slug AND so.step_slug = t.step_slug
-    RETURNING t.flow_slug
+      AND r.run_id = t.run_id
+    RETURNING t.run_id, t.step_slug, t.task_index, t.status, t.error_message, t.flow_slug
   )
-  SELECT count(*)::int, coalesce(array_agg(DISTINCT retried.flow_slug), '{}') INTO v_retried, v_flows FROM retried;
+  SELECT count(*)::int,
+         array_agg(u.run_id ORDER BY u.run_id, u.step_slug, u.task_index) FILTER (WHERE u.status = 'failed'),
+         array_agg(u.step_slug ORDER BY u.run_id, u.step_slug, u.task_index) FILTER (WHERE u.status = 'failed'),
+         array_agg(u.task_index ORDER BY u.run_id, u.step_slug, u.task_index) FILTER (WHERE u.status = 'failed'),
+         array_agg(u.error_message ORDER BY u.run_id, u.step_slug, u.task_index) FILTER (WHERE u.status = 'failed'),
+         coalesce(array_agg(DISTINCT u.flow_slug) FILTER (WHERE u.status = 'queued'), '{}')
+  INTO v_applied, v_failed_runs, v_failed_steps, v_failed_idx, v_failed_msgs, v_flows
+  FROM updated u;
+
+  -- Each run with a failed task fails, naming its first failed task.
+  FOR v_row IN
+    SELECT DISTINCT ON (x.run_id) x.run_id, x.step_slug, x.task_index, x.message
+    FROM unnest(v_failed_runs, v_failed_steps, v_failed_idx, v_failed_msgs) WITH ORDINALITY
+         AS x(run_id, step_slug, task_index, message, ord)
+    ORDER BY x.run_id, x.ord
+  LOOP
+    PERFORM pgflow._end_run(v_row.run_id, 'failed', v_row.step_slug, v_row.task_index, v_row.message);
+  END LOOP;
 
   PERFORM pg_notify('pgflow_tasks', f) FROM unnest(v_flows) AS f;
-  RETURN v_retried + coalesce(cardinality(v_failed_runs), 0);
+  RETURN v_applied;
 END $$;
 
 -- fail_task records one failed attempt; returns the task's status afterwards
@@ -902,7 +911,9 @@ BEGIN
   WITH claimed AS (
     UPDATE pgflow.step_tasks t
     SET (status, attempt, failures, error_message, visible_at, started_at, ended_at, worker_id) = (
-      SELECT CASE WHEN r.status = 'started' THEN 'started' ELSE 'cancelled' END,
+      -- Always one row: a task whose run or step definition is gone (deleted
+      -- by hand) is cancelled instead of breaking the claim.
+      SELECT CASE WHEN r.status = 'started' AND so.timeout IS NOT NULL THEN 'started' ELSE 'cancelled' END,
              t.attempt + 1,
              t.failures + (t.status = 'started')::int,
              CASE WHEN t.status = 'started'
@@ -910,15 +921,17 @@ BEGIN
                   ELSE t.error_message END,
              -- The lease; when another attempt would remain after this one,
              -- it also holds the retry delay that a timeout incurs.
-             now() + so.timeout + claim_tasks.lease_grace
-               + CASE WHEN t.failures + (t.status = 'started')::int + 1 < so.max_attempts
-                      THEN pgflow._retry_delay(so.base_delay, t.failures + (t.status = 'started')::int + 1)
-                      ELSE interval '0' END,
+             coalesce(now() + so.timeout + claim_tasks.lease_grace
+                        + CASE WHEN t.failures + (t.status = 'started')::int + 1 < so.max_attempts
+                               THEN pgflow._retry_delay(so.base_delay, t.failures + (t.status = 'started')::int + 1)
+                               ELSE interval '0' END,
+                      now()),
              now(),
-             CASE WHEN r.status = 'started' THEN NULL ELSE now() END,
+             CASE WHEN r.status = 'started' AND so.timeout IS NOT NULL THEN NULL ELSE now() END,
              claim_tasks.worker_id
-      FROM pgflow.step_options so, pgflow.runs r
-      WHERE so.flow_slug = t.flow_slug AND so.step_slug = t.step_slug AND r.run_id = t.run_id)
+      FROM (SELECT) one
+      LEFT JOIN pgflow.step_options so ON so.flow_slug = t.flow_slug AND so.step_slug = t.step_slug
+      LEFT JOIN pgflow.runs r ON r.run_id = t.run_id)
     WHERE t.ctid = ANY (ARRAY(SELECT unnest(v_expired || v_queued)))
     RETURNING t.run_id, t.flow_slug, t.step_slug, t.task_index, t.attempt, t.status, t.item
   ), wanted AS (
@@ -954,9 +967,9 @@ CREATE FUNCTION pgflow.complete_tasks(
 ) RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
+  v_guarded    boolean;
   v_steps      int;
-  v_slow       boolean;
-  v_locked     int;
+  v_counted    int;
   v_applied    int;
   v_done_runs  uuid[];
   v_done_steps text[];
@@ -971,80 +984,82 @@ BEGIN
     RAISE EXCEPTION 'complete_tasks: argument arrays differ in length' USING ERRCODE = 'PF005';
   END IF;
 
-  -- A batch that cannot finish any step (each step has more unfinished tasks
-  -- than the batch completes) needs only the step state locks. Otherwise it
-  -- takes the run locks first, as the lock order requires. The first check
-  -- reads without locks; the guarded lock below confirms it, and if a step
-  -- got closer to its end meanwhile, the error escape from the block
-  -- releases the step state locks it took and the slow path runs instead.
-  SELECT count(*), coalesce(bool_or(ss.status IS DISTINCT FROM 'started' OR ss.remaining_tasks <= b.n), true)
-  INTO v_steps, v_slow
+  -- The fast path: a batch that cannot finish any step (each of its steps
+  -- has more unfinished tasks than the batch completes) decrements its step
+  -- states at the end of the one statement below, without the run rows.
+  -- This first check reads without locks; the decrement itself is guarded,
+  -- and when a guard fails (a step got closer to its end meanwhile), the
+  -- error escape from the block undoes the attempt and releases its locks,
+  -- and the slow path runs instead.
+  SELECT coalesce(bool_and(ss.status = 'started' AND ss.remaining_tasks > b.n), false)
+  INTO v_guarded
   FROM (SELECT x.run_id, x.step_slug, count(*)::int AS n
         FROM unnest(run_ids, step_slugs) AS x(run_id, step_slug) GROUP BY x.run_id, x.step_slug) b
   LEFT JOIN pgflow.step_states ss ON ss.run_id = b.run_id AND ss.step_slug = b.step_slug;
 
-  IF NOT v_slow THEN
+  LOOP
     BEGIN
-      SELECT count(*) INTO v_locked FROM (
-        SELECT 1
-        FROM pgflow.step_states ss
-        JOIN (SELECT x.run_id, x.step_slug, count(*)::int AS n
-              FROM unnest(run_ids, step_slugs) AS x(run_id, step_slug) GROUP BY x.run_id, x.step_slug) b
-          ON ss.run_id = b.run_id AND ss.step_slug = b.step_slug
-        WHERE ss.status = 'started' AND ss.remaining_tasks > b.n
+      IF NOT v_guarded THEN
+        -- The slow path: run rows, then every step state of those runs.
+        PERFORM 1 FROM pgflow.runs r WHERE r.run_id = ANY (run_ids) ORDER BY r.run_id FOR UPDATE;
+        PERFORM 1 FROM pgflow.step_states ss WHERE ss.run_id = ANY (run_ids)
         ORDER BY ss.run_id, ss.step_slug
-        FOR UPDATE OF ss) l;
-      IF v_locked < v_steps THEN
+        FOR UPDATE OF ss;
+      END IF;
+
+      WITH c AS (
+        SELECT * FROM unnest(run_ids, step_slugs, task_indexes, attempts, outputs)
+                 AS c(run_id, step_slug, task_index, attempt, output)
+      ), done AS (
+        -- A fanout task keeps its output for the aggregate; a single step's
+        -- output goes to its step state. A task whose run has ended (a race
+        -- with a cancel) is cancelled instead.
+        UPDATE pgflow.step_tasks t
+        SET status = CASE WHEN r.status = 'started' THEN 'completed' ELSE 'cancelled' END,
+            ended_at = now(),
+            output = CASE WHEN s.step_type = 'fanout' AND r.status = 'started'
+                          THEN coalesce(c.output, 'null'::jsonb) END
+        FROM c
+        LEFT JOIN pgflow.steps s ON true
+        LEFT JOIN pgflow.runs r ON true
+        WHERE t.run_id = c.run_id AND t.step_slug = c.step_slug AND t.task_index = c.task_index
+          AND t.attempt = c.attempt AND t.status = 'started'
+          AND s.flow_slug = t.flow_slug AND s.step_slug = t.step_slug
+          AND r.run_id = t.run_id
+        RETURNING t.run_id, t.step_slug, s.step_type, t.status, coalesce(c.output, 'null'::jsonb) AS output
+      ), counted AS (
+        SELECT done.run_id, done.step_slug, count(*)::int AS n,
+               bool_and(done.step_type = 'single') AS single,
+               (array_agg(done.output))[1] AS single_output
+        FROM done
+        WHERE done.status = 'completed'
+        GROUP BY done.run_id, done.step_slug
+      ), decremented AS (
+        UPDATE pgflow.step_states ss
+        SET remaining_tasks = ss.remaining_tasks - counted.n,
+            output = CASE WHEN counted.single THEN counted.single_output ELSE ss.output END
+        FROM counted
+        WHERE ss.run_id = counted.run_id AND ss.step_slug = counted.step_slug
+          AND ss.status = 'started'
+          AND (NOT v_guarded OR ss.remaining_tasks > counted.n)
+        RETURNING ss.run_id, ss.step_slug, ss.remaining_tasks, counted.n
+      )
+      SELECT (SELECT count(*) FROM counted), count(*), coalesce(sum(d.n), 0)::int,
+             coalesce(array_agg(d.run_id) FILTER (WHERE d.remaining_tasks = 0), '{}'),
+             coalesce(array_agg(d.step_slug) FILTER (WHERE d.remaining_tasks = 0), '{}')
+      INTO v_counted, v_steps, v_applied, v_done_runs, v_done_steps
+      FROM decremented d;
+
+      IF v_guarded AND v_steps < v_counted THEN
         RAISE EXCEPTION 'complete_tasks: batch may finish a step' USING ERRCODE = 'PF900';
       END IF;
+      EXIT;
     EXCEPTION WHEN SQLSTATE 'PF900' THEN
-      v_slow := true;
+      v_guarded := false;
     END;
-  END IF;
-
-  IF v_slow THEN
-    PERFORM 1 FROM pgflow.runs r WHERE r.run_id = ANY (run_ids) ORDER BY r.run_id FOR UPDATE;
-    PERFORM 1 FROM pgflow.step_states ss WHERE ss.run_id = ANY (run_ids)
-    ORDER BY ss.run_id, ss.step_slug
-    FOR UPDATE OF ss;
-  END IF;
-
-  WITH c AS (
-    SELECT * FROM unnest(run_ids, step_slugs, task_indexes, attempts, outputs)
-             AS c(run_id, step_slug, task_index, attempt, output)
-  ), done AS (
-    UPDATE pgflow.step_tasks t
-    SET status = 'completed', ended_at = now(),
-        output = CASE WHEN s.step_type = 'fanout' THEN coalesce(c.output, 'null'::jsonb) END
-    FROM c, pgflow.steps s
-    WHERE t.run_id = c.run_id AND t.step_slug = c.step_slug AND t.task_index = c.task_index
-      AND t.attempt = c.attempt AND t.status = 'started'
-      AND s.flow_slug = t.flow_slug AND s.step_slug = t.step_slug
-    RETURNING t.run_id, t.step_slug, s.step_type, coalesce(c.output, 'null'::jsonb) AS output
-  ), counted AS (
-    SELECT done.run_id, done.step_slug, count(*)::int AS n,
-           bool_and(done.step_type = 'single') AS single,
-           (array_agg(done.output))[1] AS single_output
-    FROM done
-    GROUP BY done.run_id, done.step_slug
-  ), decremented AS (
-    UPDATE pgflow.step_states ss
-    SET remaining_tasks = ss.remaining_tasks - counted.n,
-        output = CASE WHEN counted.single THEN counted.single_output ELSE ss.output END
-    FROM counted
-    WHERE ss.run_id = counted.run_id AND ss.step_slug = counted.step_slug
-    RETURNING ss.run_id, ss.step_slug, ss.remaining_tasks, counted.n
-  )
-  SELECT coalesce(sum(d.n), 0)::int,
-         coalesce(array_agg(d.run_id) FILTER (WHERE d.remaining_tasks = 0), '{}'),
-         coalesce(array_agg(d.step_slug) FILTER (WHERE d.remaining_tasks = 0), '{}')
-  INTO v_applied, v_done_runs, v_done_steps
-  FROM decremented d;
+  END LOOP;
 
   IF cardinality(v_done_runs) > 0 THEN
-    IF NOT v_slow THEN
-      RAISE EXCEPTION 'complete_tasks: a step finished without its run lock' USING ERRCODE = 'XX000';
-    END IF;
     -- A new statement, so it sees every task output committed before the
     -- step state locks were granted, plus this batch's own.
     UPDATE pgflow.step_states ss
@@ -1080,9 +1095,9 @@ DECLARE
   v_n     int;
   v_flows text[];
 BEGIN
+  -- Step states first, so that a run ending meanwhile is seen below.
   PERFORM 1 FROM pgflow.step_states ss
-  JOIN (SELECT DISTINCT x.run_id, x.step_slug FROM unnest(run_ids, step_slugs) AS x(run_id, step_slug)) k
-    ON ss.run_id = k.run_id AND ss.step_slug = k.step_slug
+  WHERE (ss.run_id, ss.step_slug) IN (SELECT x.run_id, x.step_slug FROM unnest(run_ids, step_slugs) AS x(run_id, step_slug))
   ORDER BY ss.run_id, ss.step_slug
   FOR UPDATE OF ss;
 
@@ -1090,13 +1105,17 @@ BEGIN
     SELECT * FROM unnest(run_ids, step_slugs, task_indexes, attempts) AS r(run_id, step_slug, task_index, attempt)
   ), released AS (
     UPDATE pgflow.step_tasks t
-    SET status = 'queued', visible_at = now(), worker_id = NULL
+    SET status = CASE WHEN run.status = 'started' THEN 'queued' ELSE 'cancelled' END,
+        visible_at = now(), worker_id = NULL
     FROM r
+    LEFT JOIN pgflow.runs run ON true
     WHERE t.run_id = r.run_id AND t.step_slug = r.step_slug AND t.task_index = r.task_index
       AND t.attempt = r.attempt AND t.status = 'started'
-    RETURNING t.flow_slug
+      AND run.run_id = t.run_id
+    RETURNING t.flow_slug, t.status
   )
-  SELECT count(*)::int, coalesce(array_agg(DISTINCT released.flow_slug), '{}') INTO v_n, v_flows FROM released;
+  SELECT count(*)::int, coalesce(array_agg(DISTINCT released.flow_slug) FILTER (WHERE released.status = 'queued'), '{}')
+  INTO v_n, v_flows FROM released;
   PERFORM pg_notify('pgflow_tasks', f) FROM unnest(v_flows) AS f;
   RETURN v_n;
 END $$;
