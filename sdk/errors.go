@@ -1,0 +1,111 @@
+package sdk
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Sentinel errors; test with errors.Is.
+var (
+	// ErrNotFound reports an unknown run or flow.
+	ErrNotFound = errors.New("pgflow: not found")
+	// ErrRunFailed reports a run that ended because a step failed.
+	ErrRunFailed = errors.New("pgflow: run failed")
+	// ErrRunCancelled reports a run that was cancelled.
+	ErrRunCancelled = errors.New("pgflow: run cancelled")
+	// ErrInvalidInput reports an input the flow cannot take (for example a
+	// value that is not a JSON array for a flow whose first step is a fanout).
+	ErrInvalidInput = errors.New("pgflow: invalid input")
+	// ErrSchemaMissing reports a database without the pgflow schema; call
+	// Migrate first.
+	ErrSchemaMissing = errors.New("pgflow: schema not installed (call sdk.Migrate)")
+)
+
+// RunError describes a run that did not complete. It matches ErrRunFailed
+// or ErrRunCancelled with errors.Is.
+type RunError struct {
+	RunID  RunID
+	Flow   string
+	Status RunStatus // RunFailed or RunCancelled
+	// Step and TaskIndex name the task whose failure failed the run (for a
+	// failed run; TaskIndex is -1 when the step itself failed, e.g. a fanout
+	// over a value that is not an array).
+	Step      string
+	TaskIndex int
+	Message   string
+}
+
+// Error implements error.
+func (e *RunError) Error() string {
+	if e.Status == RunCancelled {
+		return fmt.Sprintf("pgflow: run %s of flow %q was cancelled", e.RunID, e.Flow)
+	}
+	where := fmt.Sprintf("step %q", e.Step)
+	if e.TaskIndex >= 0 {
+		where = fmt.Sprintf("step %q (task %d)", e.Step, e.TaskIndex)
+	}
+	return fmt.Sprintf("pgflow: run %s of flow %q failed at %s: %s", e.RunID, e.Flow, where, e.Message)
+}
+
+// Is makes errors.Is(err, ErrRunFailed) and errors.Is(err, ErrRunCancelled) work.
+func (e *RunError) Is(target error) bool {
+	switch target {
+	case ErrRunFailed:
+		return e.Status == RunFailed
+	case ErrRunCancelled:
+		return e.Status == RunCancelled
+	}
+	return false
+}
+
+// permanentError marks an error that must not be retried.
+type permanentError struct{ err error }
+
+func (p *permanentError) Error() string { return p.err.Error() }
+func (p *permanentError) Unwrap() error { return p.err }
+
+// Permanent wraps err so that a handler returning it fails its task at once,
+// without the remaining retries (for errors that retrying cannot fix, such
+// as invalid input). Permanent(nil) is nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err: err}
+}
+
+// IsPermanent reports whether err (or an error it wraps) was marked with Permanent.
+func IsPermanent(err error) bool {
+	var p *permanentError
+	return errors.As(err, &p)
+}
+
+// mapError turns errors raised by the pgflow SQL functions (SQLSTATE class
+// PF) into this package's errors; other errors are wrapped as they are.
+func mapError(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		msg := pgErr.Message
+		switch pgErr.Code {
+		case "PF001", "PF004":
+			return fmt.Errorf("%s: %s: %w", op, msg, ErrNotFound)
+		case "PF002":
+			return fmt.Errorf("%s: %s: %w", op, msg, ErrInvalidInput)
+		case "3F000", "42883", "42P01": // schema, function or table missing
+			if strings.Contains(msg, "pgflow") {
+				return fmt.Errorf("%s: %w", op, ErrSchemaMissing)
+			}
+		}
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("%s: %w", op, ErrNotFound)
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}

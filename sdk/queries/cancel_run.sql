@@ -1,0 +1,1 @@
+SELECT pgflow.cancel_run($1)

@@ -1,0 +1,1 @@
+SELECT run_id FROM pgflow.runs WHERE run_id = ANY ($1) AND status <> 'started'

@@ -1,0 +1,1 @@
+SELECT pgflow.get_run($1)

@@ -1,0 +1,1 @@
+SELECT pgflow.worker_heartbeat($1, $2, $3)

@@ -1,0 +1,1 @@
+SELECT pgflow.next_visible_at($1, $2)

@@ -1,0 +1,1 @@
+SELECT pgflow.release_tasks($1, $2, $3, $4)

@@ -1,0 +1,1 @@
+SELECT pgflow.worker_stopped($1)

@@ -1,0 +1,1 @@
+SELECT pgflow.update_flow_options($1, $2, $3, $4)

@@ -1,0 +1,528 @@
+package sdk
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// session is one Run of a Worker: the claim loop, the handlers in flight,
+// the result flusher and the background loops.
+type session struct {
+	w      *Worker
+	opts   WorkerOptions
+	logger *slog.Logger
+	regs   map[stepKey]*registration
+
+	// The claim arguments, one entry per registered step, sorted.
+	flowSlugs []string
+	stepSlugs []string
+	withRun   []bool
+	flowSet   map[string]bool
+
+	// handlerCtx is the parent of every handler's context; it is cancelled
+	// when the shutdown stops waiting for handlers.
+	handlerCtx context.Context
+	stopAll    context.CancelCauseFunc
+
+	mu       sync.Mutex
+	inflight map[taskKey]*inflight
+	running  int           // occupied handler slots
+	drained  chan struct{} // signalled when running drops to 0
+
+	wake      chan struct{} // wakes the claim loop: tasks may be claimable, or a slot freed
+	results   chan result   // finished tasks, to the flusher
+	stopFlush chan struct{} // closed when no more results will be produced
+	flushDone chan struct{} // closed when the flusher has exited
+}
+
+type taskKey struct {
+	run   RunID
+	step  string
+	index int
+}
+
+type inflight struct {
+	task      *Task
+	cancel    context.CancelCauseFunc
+	started   time.Time
+	deadline  time.Time
+	timeout   time.Duration
+	abandoned bool // reported or released already; the handler's result is dropped
+}
+
+// result is what the flusher reports for one task attempt.
+type result struct {
+	task      *Task
+	output    []byte // a completion
+	err       error  // a failure
+	permanent bool
+	release   bool // hand the task back without counting an attempt
+}
+
+var (
+	errRunEnded = errors.New("pgflow: the run ended (failed or cancelled)")
+	errShutdown = errors.New("pgflow: worker shutting down")
+)
+
+const (
+	maxFlush        = 500       // results per statement
+	maxErrorMessage = 16 * 1024 // bytes of an error message kept
+)
+
+func newSession(w *Worker) *session {
+	s := &session{
+		w:         w,
+		opts:      w.opts,
+		logger:    w.opts.Logger,
+		regs:      w.regs,
+		flowSet:   map[string]bool{},
+		inflight:  map[taskKey]*inflight{},
+		drained:   make(chan struct{}, 1),
+		wake:      make(chan struct{}, 1),
+		results:   make(chan result, w.opts.Concurrency),
+		stopFlush: make(chan struct{}),
+		flushDone: make(chan struct{}),
+	}
+	keys := make([]stepKey, 0, len(w.regs))
+	for k := range w.regs {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b stepKey) int {
+		if a.flow != b.flow {
+			return compareStrings(a.flow, b.flow)
+		}
+		return compareStrings(a.step, b.step)
+	})
+	for _, k := range keys {
+		s.flowSlugs = append(s.flowSlugs, k.flow)
+		s.stepSlugs = append(s.stepSlugs, k.step)
+		s.withRun = append(s.withRun, w.regs[k].opts.RunInput)
+		s.flowSet[k.flow] = true
+	}
+	s.handlerCtx, s.stopAll = context.WithCancelCause(context.Background())
+	return s
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// run works until ctx is done, then shuts down.
+func (s *session) run(ctx context.Context) {
+	bgCtx, stopBackground := context.WithCancel(context.Background())
+	var bg sync.WaitGroup
+	l := &listener{
+		config:   s.w.pool.Config().ConnConfig.Copy(),
+		channels: []string{channelTasks, channelRuns},
+		logger:   s.logger,
+		onNotify: s.notified,
+		onListen: func() {
+			signal(s.wake)
+			s.checkEndedRuns(bgCtx)
+		},
+	}
+	bg.Go(func() { l.run(bgCtx) })
+	bg.Go(func() { s.heartbeatLoop(bgCtx) })
+	bg.Go(func() { s.sweepLoop(bgCtx) })
+	flushCtx, stopFlushing := context.WithCancel(context.Background())
+	go func() {
+		defer close(s.flushDone)
+		s.flushLoop(flushCtx)
+	}()
+
+	s.logger.Info("pgflow: worker started", "worker_id", s.w.ID().String(), "concurrency", s.opts.Concurrency,
+		"steps", len(s.stepSlugs))
+	s.claimLoop(ctx)
+
+	// Shutdown: stop claiming (done), wait for handlers, then take back
+	// what is still running and report everything.
+	s.logger.Info("pgflow: worker stopping", "worker_id", s.w.ID().String(), "running", s.runningCount())
+	s.waitDrained(s.opts.ShutdownTimeout)
+	s.releaseRemaining()
+	close(s.stopFlush)
+	select {
+	case <-s.flushDone:
+	case <-time.After(s.opts.ShutdownTimeout):
+		stopFlushing() // the database stayed away; the leases will expire
+		<-s.flushDone
+	}
+	stopFlushing()
+	s.markStopped()
+	stopBackground()
+	bg.Wait()
+	s.stopAll(errShutdown)
+	s.logger.Info("pgflow: worker stopped", "worker_id", s.w.ID().String())
+}
+
+// claimLoop claims tasks whenever there are free slots and tasks may be
+// claimable, until ctx is done.
+func (s *session) claimLoop(ctx context.Context) {
+	b := newBackoff()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	backlog := false // the last claim filled every slot it asked for
+	for {
+		if ctx.Err() != nil {
+			return
+		}
+		free := s.opts.Concurrency - s.runningCount()
+		// With a backlog, wait for a few slots to free up so that claims
+		// come in batches rather than one task per statement.
+		threshold := 1
+		if backlog {
+			threshold = max(1, min(s.opts.MaxClaim, s.opts.Concurrency/4))
+		}
+		wait := s.opts.PollInterval
+		if free >= threshold {
+			n := min(free, s.opts.MaxClaim)
+			claimed, err := s.claim(ctx, n)
+			switch {
+			case err != nil && ctx.Err() != nil:
+				return
+			case err != nil:
+				s.logger.Warn("pgflow: claiming tasks failed; retrying", "error", err)
+				b.wait(ctx)
+				continue
+			}
+			b.reset()
+			for _, c := range claimed {
+				s.start(c)
+			}
+			backlog = len(claimed) == n
+			if backlog {
+				continue
+			}
+			wait = s.untilNextVisible(ctx)
+		} else if backlog {
+			wait = 2 * time.Millisecond
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		case <-timer.C:
+			backlog = false
+		}
+	}
+}
+
+// claimed is one row of claim_tasks.
+type claimed struct {
+	task    *Task
+	timeout time.Duration
+}
+
+func (s *session) claim(ctx context.Context, n int) ([]claimed, error) {
+	rows, err := s.w.pool.Query(ctx, claimSQL, s.w.id, s.flowSlugs, s.stepSlugs, n, s.withRun, s.opts.LeaseGrace)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		out                  []claimed
+		run                  [16]byte
+		step, flow           string
+		index, attempt       int
+		timeout              time.Duration
+		runInput, deps, item []byte
+	)
+	_, err = pgx.ForEachRow(rows, []any{&run, &step, &index, &attempt, &timeout, &runInput, &deps, &item, &flow}, func() error {
+		out = append(out, claimed{
+			task: &Task{RunID: RunID(run), Flow: flow, Step: step, Index: index, Attempt: attempt,
+				runInput: cloneBytes(runInput), deps: cloneBytes(deps), item: cloneBytes(item)},
+			timeout: timeout,
+		})
+		return nil
+	})
+	return out, err
+}
+
+func cloneBytes(b []byte) []byte {
+	if b == nil {
+		return nil
+	}
+	return slices.Clone(b)
+}
+
+// untilNextVisible asks when the next task of these steps becomes
+// claimable (a delayed retry or start, or an expiring lease), capped at the
+// poll interval.
+func (s *session) untilNextVisible(ctx context.Context) time.Duration {
+	var next *time.Time
+	if err := s.w.pool.QueryRow(ctx, nextVisibleSQL, s.flowSlugs, s.stepSlugs).Scan(&next); err != nil || next == nil {
+		return s.opts.PollInterval
+	}
+	return min(max(time.Until(*next), time.Millisecond), s.opts.PollInterval)
+}
+
+// start runs a claimed task's handler on its own goroutine.
+func (s *session) start(c claimed) {
+	reg := s.regs[stepKey{c.task.Flow, c.task.Step}]
+	now := time.Now()
+	ctx, cancel := context.WithCancelCause(s.handlerCtx)
+	ctx, cancelDeadline := context.WithDeadline(ctx, now.Add(c.timeout))
+	inf := &inflight{task: c.task, cancel: cancel, started: now, deadline: now.Add(c.timeout), timeout: c.timeout}
+	s.mu.Lock()
+	s.inflight[keyOf(c.task)] = inf
+	s.running++
+	s.mu.Unlock()
+	s.logger.Debug("pgflow: task started", taskAttrs(c.task)...)
+	go func() {
+		defer cancelDeadline()
+		out, err := call(ctx, reg.handler, c.task)
+		s.finish(inf, ctx, out, err)
+	}()
+}
+
+func keyOf(t *Task) taskKey { return taskKey{t.RunID, t.Step, t.Index} }
+
+func taskAttrs(t *Task, more ...any) []any {
+	return append([]any{"run_id", t.RunID.String(), "flow", t.Flow, "step", t.Step, "index", t.Index, "attempt", t.Attempt}, more...)
+}
+
+// call runs a handler, turning a panic into an error with its stack.
+func call(ctx context.Context, h Handler, t *Task) (out any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
+		}
+	}()
+	return h(ctx, t)
+}
+
+// finish turns a handler's return into a result for the flusher.
+func (s *session) finish(inf *inflight, ctx context.Context, out any, err error) {
+	s.mu.Lock()
+	if inf.abandoned {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.inflight, keyOf(inf.task))
+	s.mu.Unlock()
+	defer s.freeSlot()
+
+	t := inf.task
+	elapsed := time.Since(inf.started)
+	if errors.Is(context.Cause(ctx), errRunEnded) {
+		s.logger.Debug("pgflow: task dropped: its run ended", taskAttrs(t, "duration", elapsed)...)
+		return
+	}
+	r := result{task: t}
+	if err == nil {
+		raw, merr := json.Marshal(out)
+		if merr != nil {
+			err = Permanent(fmt.Errorf("encode the output of step %q (task %d) as JSON: %w", t.Step, t.Index, merr))
+		} else {
+			r.output = raw
+		}
+	}
+	if err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			err = fmt.Errorf("timeout: step %q (task %d) did not finish within %s: %w", t.Step, t.Index, inf.timeout, err)
+		}
+		r.err, r.permanent = err, IsPermanent(err)
+		s.logger.Warn("pgflow: task failed", taskAttrs(t, "duration", elapsed, "permanent", r.permanent, "error", err)...)
+	} else {
+		s.logger.Debug("pgflow: task completed", taskAttrs(t, "duration", elapsed)...)
+	}
+	s.deliver(r)
+}
+
+// deliver hands a result to the flusher (or drops it once the flusher has
+// gone, at the very end of a shutdown).
+func (s *session) deliver(r result) {
+	select {
+	case s.results <- r:
+	case <-s.flushDone:
+	}
+}
+
+func (s *session) freeSlot() {
+	s.mu.Lock()
+	s.running--
+	if s.running == 0 {
+		signal(s.drained)
+	}
+	s.mu.Unlock()
+	signal(s.wake)
+}
+
+func (s *session) runningCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.running
+}
+
+// waitDrained waits until no handler runs, or the timeout.
+func (s *session) waitDrained(timeout time.Duration) {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for s.runningCount() > 0 {
+		select {
+		case <-s.drained:
+		case <-deadline.C:
+			return
+		}
+	}
+}
+
+// releaseRemaining cancels the handlers still running at the end of the
+// shutdown wait and hands their tasks back to the queue, so that another
+// worker takes them at once instead of after their leases expire.
+func (s *session) releaseRemaining() {
+	s.mu.Lock()
+	var tasks []*Task
+	for _, inf := range s.inflight {
+		inf.abandoned = true
+		tasks = append(tasks, inf.task)
+		s.running--
+	}
+	clear(s.inflight)
+	s.mu.Unlock()
+	s.stopAll(errShutdown)
+	if len(tasks) == 0 {
+		return
+	}
+	s.logger.Warn("pgflow: handlers still running at shutdown; releasing their tasks", "count", len(tasks))
+	for _, t := range tasks {
+		s.deliver(result{task: t, release: true})
+	}
+}
+
+// sweepLoop gives up on handlers that ignore their context: past their
+// deadline plus half the lease grace, their attempt is reported as a
+// timeout and their slot freed (their eventual result is dropped).
+func (s *session) sweepLoop(ctx context.Context) {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			var late []*inflight
+			s.mu.Lock()
+			for k, inf := range s.inflight {
+				if now.After(inf.deadline.Add(s.opts.LeaseGrace / 2)) {
+					inf.abandoned = true
+					delete(s.inflight, k)
+					late = append(late, inf)
+				}
+			}
+			s.mu.Unlock()
+			for _, inf := range late {
+				err := fmt.Errorf("timeout: step %q (task %d) did not finish within %s, and its handler ignored the cancellation",
+					inf.task.Step, inf.task.Index, inf.timeout)
+				s.logger.Error("pgflow: handler ignores its context; giving up on it", taskAttrs(inf.task, "error", err)...)
+				s.deliver(result{task: inf.task, err: err})
+				s.freeSlot()
+			}
+		}
+	}
+}
+
+// notified handles a notification from the listener.
+func (s *session) notified(n *pgconn.Notification) {
+	if !isRunsNotification(n) {
+		if s.flowSet[n.Payload] {
+			signal(s.wake)
+		}
+		return
+	}
+	p, ok := parseRunsPayload(n.Payload)
+	if !ok || p.Status == RunCompleted {
+		return
+	}
+	s.cancelRuns(p.RunIDs)
+}
+
+// cancelRuns cancels the handlers of runs that ended.
+func (s *session) cancelRuns(ids []RunID) {
+	ended := map[RunID]bool{}
+	for _, id := range ids {
+		ended[id] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, inf := range s.inflight {
+		if ended[inf.task.RunID] {
+			inf.cancel(errRunEnded)
+		}
+	}
+}
+
+// checkEndedRuns looks up whether the runs of running handlers ended while
+// a notification could have been missed.
+func (s *session) checkEndedRuns(ctx context.Context) {
+	s.mu.Lock()
+	var ids [][16]byte
+	for _, inf := range s.inflight {
+		ids = append(ids, [16]byte(inf.task.RunID))
+	}
+	s.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	rows, err := s.w.pool.Query(ctx, endedRunsSQL, ids)
+	if err != nil {
+		return
+	}
+	ended, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (RunID, error) {
+		var id [16]byte
+		err := r.Scan(&id)
+		return RunID(id), err
+	})
+	if err == nil && len(ended) > 0 {
+		s.cancelRuns(ended)
+	}
+}
+
+// heartbeatLoop records that the worker is alive, and double-checks for
+// runs that ended.
+func (s *session) heartbeatLoop(ctx context.Context) {
+	flows := sortedKeys(s.flowSet)
+	host := hostname()
+	tick := time.NewTicker(s.opts.HeartbeatInterval)
+	defer tick.Stop()
+	for {
+		if _, err := s.w.pool.Exec(ctx, heartbeatSQL, s.w.id, flows, host); err != nil && ctx.Err() == nil {
+			s.logger.Warn("pgflow: worker heartbeat failed", "error", err)
+		}
+		s.checkEndedRuns(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (s *session) markStopped() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := s.w.pool.Exec(ctx, stoppedSQL, s.w.id); err != nil {
+		s.logger.Warn("pgflow: recording the worker's stop failed", "error", err)
+	}
+}

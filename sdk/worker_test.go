@@ -1,0 +1,485 @@
+package sdk_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/pgflow-go/pgflow/sdk"
+)
+
+// The linear flow: double -> add -> describe.
+type linearIn struct {
+	N int `json:"n"`
+}
+
+type linearOut struct {
+	Describe string `json:"describe"`
+}
+
+var linearFlow = sdk.NewFlow[linearIn, linearOut](sdk.FlowSpec{
+	Slug: "linear",
+	Steps: []sdk.StepSpec{
+		{Slug: "double"},
+		{Slug: "add", Deps: []string{"double"}},
+		{Slug: "describe", Deps: []string{"add"}},
+	},
+})
+
+func registerLinear(w *sdk.Worker) {
+	sdk.HandleStep(w, linearFlow, "double", func(ctx context.Context, in linearIn, _ struct{}) (int, error) {
+		return in.N * 2, nil
+	})
+	sdk.HandleStep(w, linearFlow, "add", func(ctx context.Context, in linearIn, deps struct {
+		Double int `json:"double"`
+	}) (int, error) {
+		return deps.Double + in.N, nil
+	})
+	sdk.HandleStep(w, linearFlow, "describe", func(ctx context.Context, _ linearIn, deps struct {
+		Add int `json:"add"`
+	}) (string, error) {
+		return fmt.Sprintf("sum %d", deps.Add), nil
+	})
+}
+
+func TestTypedLinear(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.startWorker(sdk.WorkerOptions{Concurrency: 4}, registerLinear)
+	run, err := linearFlow.Start(e.ctx, e.client, linearIn{N: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := run.Wait(e.waitCtx(30 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Describe != "sum 21" {
+		t.Fatalf("output %+v, want sum 21", out)
+	}
+	info, err := run.Get(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Status != sdk.RunCompleted || len(info.Steps) != 3 {
+		t.Fatalf("run info %+v", info)
+	}
+	for _, s := range info.Steps {
+		if s.Status != sdk.StepCompleted || s.CompletedTasks() != 1 {
+			t.Errorf("step %s: %s, %d tasks completed", s.Slug, s.Status, s.CompletedTasks())
+		}
+	}
+}
+
+// The diamond flow: split -> (upper, length) -> join.
+type diamondOut struct {
+	Join string `json:"join"`
+}
+
+var diamondFlow = sdk.NewFlow[string, diamondOut](sdk.FlowSpec{
+	Slug: "diamond",
+	Steps: []sdk.StepSpec{
+		{Slug: "split"},
+		{Slug: "upper", Deps: []string{"split"}},
+		{Slug: "length", Deps: []string{"split"}},
+		{Slug: "join", Deps: []string{"upper", "length"}},
+	},
+})
+
+func TestTypedDiamond(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.startWorker(sdk.WorkerOptions{Concurrency: 4}, func(w *sdk.Worker) {
+		sdk.HandleStep(w, diamondFlow, "split", func(ctx context.Context, in string, _ struct{}) ([]string, error) {
+			return strings.Fields(in), nil
+		})
+		sdk.HandleStep(w, diamondFlow, "upper", func(ctx context.Context, _ string, deps struct {
+			Split []string `json:"split"`
+		}) (string, error) {
+			return strings.ToUpper(strings.Join(deps.Split, "-")), nil
+		})
+		sdk.HandleStep(w, diamondFlow, "length", func(ctx context.Context, _ string, deps struct {
+			Split []string `json:"split"`
+		}) (int, error) {
+			return len(deps.Split), nil
+		})
+		sdk.HandleStep(w, diamondFlow, "join", func(ctx context.Context, _ string, deps struct {
+			Upper  string `json:"upper"`
+			Length int    `json:"length"`
+		}) (string, error) {
+			return fmt.Sprintf("%s/%d", deps.Upper, deps.Length), nil
+		})
+	})
+	run, err := diamondFlow.Start(e.ctx, e.client, "a b c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := run.Wait(e.waitCtx(30 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Join != "A-B-C/3" {
+		t.Fatalf("output %+v", out)
+	}
+}
+
+// The fanout flow: items -> square (fanout) -> total.
+type fanoutOut struct {
+	Total int `json:"total"`
+}
+
+type square struct {
+	Index  int `json:"index"`
+	Square int `json:"square"`
+}
+
+var fanoutFlow = sdk.NewFlow[int, fanoutOut](sdk.FlowSpec{
+	Slug: "fanout",
+	Steps: []sdk.StepSpec{
+		{Slug: "items"},
+		{Slug: "square", Deps: []string{"items"}, Fanout: true},
+		{Slug: "total", Deps: []string{"square"}},
+	},
+})
+
+func registerFanout(w *sdk.Worker, calls *sync.Map) {
+	sdk.HandleStep(w, fanoutFlow, "items", func(ctx context.Context, n int, _ struct{}) ([]int, error) {
+		items := make([]int, n)
+		for i := range items {
+			items[i] = i
+		}
+		return items, nil
+	})
+	sdk.HandleFanout(w, fanoutFlow, "square", func(ctx context.Context, i int) (square, error) {
+		if calls != nil {
+			v, _ := calls.LoadOrStore(i, new(atomic.Int32))
+			v.(*atomic.Int32).Add(1)
+		}
+		return square{Index: i, Square: i * i}, nil
+	})
+	sdk.HandleStep(w, fanoutFlow, "total", func(ctx context.Context, n int, deps struct {
+		Square []square `json:"square"`
+	}) (int, error) {
+		for i, s := range deps.Square {
+			if s.Index != i {
+				return 0, sdk.Permanent(fmt.Errorf("element %d holds item %d: order lost", i, s.Index))
+			}
+		}
+		total := 0
+		for _, s := range deps.Square {
+			total += s.Square
+		}
+		return total, nil
+	})
+}
+
+func sumOfSquares(n int) int { return (n - 1) * n * (2*n - 1) / 6 }
+
+func TestTypedFanout(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.startWorker(sdk.WorkerOptions{Concurrency: 8}, func(w *sdk.Worker) { registerFanout(w, nil) })
+	for _, n := range []int{0, 1, 50} {
+		run, err := fanoutFlow.Start(e.ctx, e.client, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := run.Wait(e.waitCtx(30 * time.Second))
+		if err != nil {
+			t.Fatalf("n=%d: %v", n, err)
+		}
+		if out.Total != sumOfSquares(n) {
+			t.Fatalf("n=%d: total %d, want %d", n, out.Total, sumOfSquares(n))
+		}
+	}
+}
+
+func TestTwoWorkersBigFanout(t *testing.T) {
+	t.Parallel()
+	const n = 5000
+	e := newEnv(t)
+	var calls sync.Map
+	e.startWorker(sdk.WorkerOptions{Concurrency: 32}, func(w *sdk.Worker) { registerFanout(w, &calls) })
+	e.startWorker(sdk.WorkerOptions{Concurrency: 32}, func(w *sdk.Worker) { registerFanout(w, &calls) })
+	run, err := fanoutFlow.Start(e.ctx, e.client, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := run.Wait(e.waitCtx(90 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Total != sumOfSquares(n) {
+		t.Fatalf("total %d, want %d", out.Total, sumOfSquares(n))
+	}
+	for i := range n {
+		v, ok := calls.Load(i)
+		if !ok || v.(*atomic.Int32).Load() != 1 {
+			t.Fatalf("item %d ran %v times", i, v)
+		}
+	}
+}
+
+func TestStartTx(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.startWorker(sdk.WorkerOptions{}, registerLinear)
+
+	tx, err := e.pool.Begin(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rolledBack, err := linearFlow.StartTx(e.ctx, e.client, tx, linearIn{N: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rolledBack.Get(e.ctx); !errors.Is(err, sdk.ErrNotFound) {
+		t.Fatalf("run of a rolled-back transaction: got %v, want ErrNotFound", err)
+	}
+
+	tx, err = e.pool.Begin(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed, err := linearFlow.StartTx(e.ctx, e.client, tx, linearIn{N: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	out, err := committed.Wait(e.waitCtx(30 * time.Second))
+	if err != nil || out.Describe != "sum 6" {
+		t.Fatalf("committed run: %+v, %v", out, err)
+	}
+}
+
+// flakyFlow has one step whose handler is given by the test.
+func flakyFlow(slug string, maxAttempts int, timeout time.Duration) *sdk.Flow[string, map[string]string] {
+	return sdk.NewFlow[string, map[string]string](sdk.FlowSpec{
+		Slug: slug, MaxAttempts: maxAttempts, BaseDelay: time.Millisecond, Timeout: timeout,
+		Steps: []sdk.StepSpec{{Slug: "work"}},
+	})
+}
+
+func TestHandlerErrorRetriesThenFails(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	flow := flakyFlow("always_fails", 3, time.Minute)
+	var attempts atomic.Int32
+	e.startWorker(sdk.WorkerOptions{}, func(w *sdk.Worker) {
+		sdk.HandleStep(w, flow, "work", func(ctx context.Context, in string, _ struct{}) (string, error) {
+			n := attempts.Add(1)
+			return "", fmt.Errorf("boom %d", n)
+		})
+	})
+	run, err := flow.Start(e.ctx, e.client, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = run.Wait(e.waitCtx(30 * time.Second))
+	var runErr *sdk.RunError
+	if !errors.As(err, &runErr) || !errors.Is(err, sdk.ErrRunFailed) {
+		t.Fatalf("got %v, want a *RunError matching ErrRunFailed", err)
+	}
+	if runErr.Step != "work" || runErr.TaskIndex != 0 || runErr.Message != "boom 3" || runErr.RunID != run.ID() {
+		t.Fatalf("run error %+v", runErr)
+	}
+	if got := attempts.Load(); got != 3 {
+		t.Fatalf("%d attempts, want 3", got)
+	}
+}
+
+func TestPermanentErrorFailsAtOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	flow := flakyFlow("permanent", 5, time.Minute)
+	var attempts atomic.Int32
+	e.startWorker(sdk.WorkerOptions{}, func(w *sdk.Worker) {
+		sdk.HandleStep(w, flow, "work", func(ctx context.Context, in string, _ struct{}) (string, error) {
+			attempts.Add(1)
+			return "", sdk.Permanent(errors.New("input is unusable"))
+		})
+	})
+	run, err := flow.Start(e.ctx, e.client, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = run.Wait(e.waitCtx(30 * time.Second))
+	if !errors.Is(err, sdk.ErrRunFailed) || !strings.Contains(err.Error(), "input is unusable") {
+		t.Fatalf("got %v", err)
+	}
+	if got := attempts.Load(); got != 1 {
+		t.Fatalf("%d attempts, want 1", got)
+	}
+}
+
+func TestPanicFailsTheAttempt(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	flow := flakyFlow("panics", 1, time.Minute)
+	e.startWorker(sdk.WorkerOptions{}, func(w *sdk.Worker) {
+		sdk.HandleStep(w, flow, "work", func(ctx context.Context, in string, _ struct{}) (string, error) {
+			if in == "panic" {
+				panic("handler exploded")
+			}
+			return "fine", nil
+		})
+	})
+	run, err := flow.Start(e.ctx, e.client, "panic")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = run.Wait(e.waitCtx(30 * time.Second))
+	var runErr *sdk.RunError
+	if !errors.As(err, &runErr) || !strings.Contains(runErr.Message, "panic: handler exploded") ||
+		!strings.Contains(runErr.Message, "goroutine") {
+		t.Fatalf("got %v, want the panic message with its stack", err)
+	}
+	// The worker keeps running.
+	run, err = flow.Start(e.ctx, e.client, "calm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := run.Wait(e.waitCtx(30 * time.Second))
+	if err != nil || out["work"] != "fine" {
+		t.Fatalf("after the panic: %v, %v", out, err)
+	}
+}
+
+func TestTimeoutRetries(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	flow := flakyFlow("slow", 2, 300*time.Millisecond)
+	var attempts atomic.Int32
+	sawDeadline := make(chan bool, 1)
+	e.startWorker(sdk.WorkerOptions{LeaseGrace: 200 * time.Millisecond}, func(w *sdk.Worker) {
+		sdk.HandleStep(w, flow, "work", func(ctx context.Context, in string, _ struct{}) (string, error) {
+			if attempts.Add(1) == 1 {
+				<-ctx.Done() // block past the timeout
+				sawDeadline <- errors.Is(ctx.Err(), context.DeadlineExceeded)
+				return "", ctx.Err()
+			}
+			return "second try", nil
+		})
+	})
+	run, err := flow.Start(e.ctx, e.client, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := run.Wait(e.waitCtx(30 * time.Second))
+	if err != nil || out["work"] != "second try" {
+		t.Fatalf("got %v, %v", out, err)
+	}
+	if !<-sawDeadline {
+		t.Fatal("the first attempt's context did not end with its deadline")
+	}
+	var msg string
+	if err := e.pool.QueryRow(e.ctx, "SELECT error_message FROM pgflow.step_tasks WHERE run_id = $1", [16]byte(run.ID())).Scan(&msg); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(msg, "timeout: ") {
+		t.Fatalf("first attempt recorded as %q, want a timeout", msg)
+	}
+}
+
+func TestCancelRunCancelsHandlers(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	flow := flakyFlow("cancellable", 1, time.Minute)
+	started := make(chan struct{})
+	sawCancel := make(chan error, 1)
+	e.startWorker(sdk.WorkerOptions{}, func(w *sdk.Worker) {
+		sdk.HandleStep(w, flow, "work", func(ctx context.Context, in string, _ struct{}) (string, error) {
+			close(started)
+			<-ctx.Done()
+			sawCancel <- ctx.Err()
+			return "", ctx.Err()
+		})
+	})
+	run, err := flow.Start(e.ctx, e.client, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("handler did not start")
+	}
+	if ok, err := run.Cancel(e.ctx); err != nil || !ok {
+		t.Fatalf("cancel: %v, %v", ok, err)
+	}
+	select {
+	case err := <-sawCancel:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("handler context ended with %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler's context was not cancelled")
+	}
+	if _, err := run.Wait(e.waitCtx(30 * time.Second)); !errors.Is(err, sdk.ErrRunCancelled) {
+		t.Fatalf("wait: %v, want ErrRunCancelled", err)
+	}
+}
+
+func TestGracefulShutdownReleasesTasks(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	// A long timeout: the run can only finish promptly if the first
+	// worker hands its tasks back instead of letting the leases expire.
+	flow := sdk.NewFlow[[]int, map[string][]int](sdk.FlowSpec{
+		Slug: "shutdown", Timeout: 10 * time.Minute,
+		Steps: []sdk.StepSpec{{Slug: "each", Fanout: true}},
+	})
+	var first atomic.Int32
+	blocked := make(chan struct{}, 100)
+	stubborn := e.startWorker(sdk.WorkerOptions{Concurrency: 4, ShutdownTimeout: 200 * time.Millisecond}, func(w *sdk.Worker) {
+		sdk.HandleFanout(w, flow, "each", func(ctx context.Context, i int) (int, error) {
+			first.Add(1)
+			blocked <- struct{}{}
+			<-ctx.Done() // never finishes on its own
+			return 0, ctx.Err()
+		})
+	})
+	run, err := flow.Start(e.ctx, e.client, []int{1, 2, 3, 4, 5, 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		select {
+		case <-blocked:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the first worker did not take 4 tasks")
+		}
+	}
+	if err := stubborn.stop(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.startWorker(sdk.WorkerOptions{Concurrency: 4}, func(w *sdk.Worker) {
+		sdk.HandleFanout(w, flow, "each", func(ctx context.Context, i int) (int, error) { return i * 10, nil })
+	})
+	out, err := run.Wait(e.waitCtx(30 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]int{10, 20, 30, 40, 50, 60}, out["each"]); diff != "" {
+		t.Fatalf("output (-want +got):\n%s", diff)
+	}
+	var failures int
+	if err := e.pool.QueryRow(e.ctx, "SELECT sum(failures)::int FROM pgflow.step_tasks WHERE run_id = $1", [16]byte(run.ID())).Scan(&failures); err != nil {
+		t.Fatal(err)
+	}
+	if failures != 0 {
+		t.Fatalf("released tasks counted %d failed attempts", failures)
+	}
+}
