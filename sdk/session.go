@@ -36,10 +36,14 @@ type session struct {
 
 	mu       sync.Mutex
 	inflight map[taskKey]*inflight
-	running  int           // occupied handler slots
-	drained  chan struct{} // signalled when running drops to 0
+	// ended remembers, for a while, runs the worker heard have ended: a
+	// claim racing the end can still hand out one of their tasks.
+	ended   map[RunID]time.Time
+	running int           // occupied handler slots
+	drained chan struct{} // signalled when running drops to 0
 
-	wake      chan struct{} // wakes the claim loop: tasks may be claimable, or a slot freed
+	wake      chan struct{} // wakes the claim loop: tasks may be claimable
+	freed     chan struct{} // wakes the claim loop: a slot freed
 	results   chan result   // finished tasks, to the flusher
 	stopFlush chan struct{} // closed when no more results will be produced
 	flushDone chan struct{} // closed when the flusher has exited
@@ -87,8 +91,10 @@ func newSession(w *Worker) *session {
 		regs:      w.regs,
 		flowSet:   map[string]bool{},
 		inflight:  map[taskKey]*inflight{},
+		ended:     map[RunID]time.Time{},
 		drained:   make(chan struct{}, 1),
 		wake:      make(chan struct{}, 1),
+		freed:     make(chan struct{}, 1),
 		results:   make(chan result, w.opts.Concurrency),
 		stopFlush: make(chan struct{}),
 		flushDone: make(chan struct{}),
@@ -176,7 +182,9 @@ func (s *session) claimLoop(ctx context.Context) {
 	b := newBackoff()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	backlog := false // the last claim filled every slot it asked for
+	// backlog: the last claim got every task it asked for, so more are
+	// probably waiting. Only a claim that comes back short ends it.
+	backlog := false
 	for {
 		if ctx.Err() != nil {
 			return
@@ -219,12 +227,18 @@ func (s *session) claimLoop(ctx context.Context) {
 			}
 		}
 		timer.Reset(wait)
+		// A freed slot matters only while there is a backlog; otherwise the
+		// queue is empty and only a notification or a timer brings work.
+		freed := s.freed
+		if !backlog {
+			freed = nil
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.wake:
+		case <-freed:
 		case <-timer.C:
-			backlog = false
 		}
 	}
 }
@@ -277,8 +291,18 @@ func (s *session) untilNextVisible(ctx context.Context) time.Duration {
 	return min(max(time.Until(*next), time.Millisecond), s.opts.PollInterval)
 }
 
-// start runs a claimed task's handler on its own goroutine.
+// start runs a claimed task's handler on its own goroutine; the task of a
+// run known to have ended is handed back instead (the database then
+// cancels it).
 func (s *session) start(c claimed) {
+	s.mu.Lock()
+	_, ended := s.ended[c.task.RunID]
+	s.mu.Unlock()
+	if ended {
+		s.logger.Debug("pgflow: task dropped: its run ended", taskAttrs(c.task)...)
+		s.deliver(result{task: c.task, release: true})
+		return
+	}
 	reg := s.regs[stepKey{c.task.Flow, c.task.Step}]
 	now := time.Now()
 	ctx, cancel := context.WithCancelCause(s.handlerCtx)
@@ -366,7 +390,7 @@ func (s *session) freeSlot() {
 		signal(s.drained)
 	}
 	s.mu.Unlock()
-	signal(s.wake)
+	signal(s.freed)
 }
 
 func (s *session) runningCount() int {
@@ -458,16 +482,24 @@ func (s *session) notified(n *pgconn.Notification) {
 	s.cancelRuns(p.RunIDs)
 }
 
-// cancelRuns cancels the handlers of runs that ended.
+// endedMemory is how long the worker remembers that a run ended.
+const endedMemory = time.Minute
+
+// cancelRuns cancels the handlers of runs that ended, and remembers the runs.
 func (s *session) cancelRuns(ids []RunID) {
-	ended := map[RunID]bool{}
-	for _, id := range ids {
-		ended[id] = true
-	}
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for id, at := range s.ended {
+		if now.Sub(at) > endedMemory {
+			delete(s.ended, id)
+		}
+	}
+	for _, id := range ids {
+		s.ended[id] = now
+	}
 	for _, inf := range s.inflight {
-		if ended[inf.task.RunID] {
+		if _, ok := s.ended[inf.task.RunID]; ok {
 			inf.cancel(errRunEnded)
 		}
 	}

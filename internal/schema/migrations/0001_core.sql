@@ -22,6 +22,11 @@
 --   * A completion batch that might finish a step locks its run rows first
 --     (see complete_tasks).
 --
+-- A task is reached by its key where the key is known. Fences on a task's
+-- status are written "(t.status = 'started') IS TRUE" there: the planner
+-- cannot match that to the partial index of started tasks, which holds every
+-- task in flight and would otherwise be scanned once per looked-up task.
+--
 -- All functions expect READ COMMITTED: each statement of a PL/pgSQL function
 -- then sees the rows committed before it started, which the completion path
 -- relies on after it has taken its locks.
@@ -446,21 +451,20 @@ DECLARE
   v_done_steps  text[] := coalesce(p_done_steps, '{}');
   v_ready_runs  uuid[] := coalesce(p_ready_runs, '{}');
   v_ready_steps text[] := coalesce(p_ready_steps, '{}');
-  v_touched     uuid[] := coalesce(p_done_runs, '{}') || coalesce(p_ready_runs, '{}');
+  v_completed   uuid[] := '{}';  -- a run id per step completed
   v_new_runs    uuid[];
   v_new_steps   text[];
   v_flows       text[];
-  v_bad         record;
+  v_bad_runs    uuid[];
+  v_bad_steps   text[];
+  v_bad_msgs    text[];
+  v_i           int;
 BEGIN
   LOOP
     IF cardinality(v_done_runs) > 0 THEN
-      -- Count down each run's remaining steps.
-      UPDATE pgflow.runs r
-      SET remaining_steps = r.remaining_steps - c.n
-      FROM (SELECT x.run_id, count(*)::int AS n FROM unnest(v_done_runs) AS x(run_id) GROUP BY x.run_id) c
-      WHERE r.run_id = c.run_id;
-
-      -- Release dependents; those with no dependency left become ready.
+      v_completed := v_completed || v_done_runs;
+      -- Release the dependents of the completed steps; those with no
+      -- dependency left are ready.
       WITH done AS (
         SELECT x.run_id, x.step_slug FROM unnest(v_done_runs, v_done_steps) AS x(run_id, step_slug)
       ), dependents AS (
@@ -486,46 +490,29 @@ BEGIN
 
     EXIT WHEN cardinality(v_ready_runs) = 0;
 
-    -- A fanout whose source is not a JSON array fails its run; the producing
-    -- step keeps its output for inspection.
-    FOR v_bad IN
-      SELECT ss.run_id, ss.step_slug, d.dep_slug,
-             jsonb_typeof(CASE WHEN so.deps_count = 0 THEN r.input ELSE dss.output END) AS got
-      FROM unnest(v_ready_runs, v_ready_steps) AS x(run_id, step_slug)
-      JOIN pgflow.step_states ss ON ss.run_id = x.run_id AND ss.step_slug = x.step_slug
-      JOIN pgflow.runs r ON r.run_id = ss.run_id
-      JOIN pgflow.step_options so ON so.flow_slug = ss.flow_slug AND so.step_slug = ss.step_slug
-      LEFT JOIN pgflow.deps d ON d.flow_slug = ss.flow_slug AND d.step_slug = ss.step_slug
-      LEFT JOIN pgflow.step_states dss ON dss.run_id = ss.run_id AND dss.step_slug = d.dep_slug
-      WHERE so.step_type = 'fanout' AND ss.status = 'created' AND r.status = 'started'
-        AND jsonb_typeof(coalesce(CASE WHEN so.deps_count = 0 THEN r.input ELSE dss.output END, 'null')) <> 'array'
-      ORDER BY ss.run_id, ss.step_slug
-    LOOP
-      PERFORM pgflow._end_run(v_bad.run_id, 'failed', v_bad.step_slug, NULL,
-        CASE WHEN v_bad.dep_slug IS NULL
-          THEN format('fanout step %s expects the flow input to be a JSON array, got %s',
-                      to_jsonb(v_bad.step_slug), coalesce(v_bad.got, 'null'))
-          ELSE format('fanout step %s expects dependency %s to output a JSON array, got %s',
-                      to_jsonb(v_bad.step_slug), to_jsonb(v_bad.dep_slug), coalesce(v_bad.got, 'null'))
-        END);
-    END LOOP;
-
-    -- Start the ready steps: one task for a single step, one task per element
-    -- (each storing its own element) for a fanout step. A fanout over an empty
-    -- array completes at once with [].
+    -- Start the ready steps: one task for a single step, one task per
+    -- element (each storing its own element) for a fanout step. A fanout
+    -- over an empty array completes at once with []; a fanout whose source
+    -- is not a JSON array is reported, and fails its run below (the
+    -- producing step keeps its output for inspection).
     WITH ready AS (
-      SELECT ss.run_id, ss.step_slug, ss.flow_slug, so.step_type, so.start_delay,
-             CASE WHEN so.step_type = 'fanout'
-                  THEN CASE WHEN so.deps_count = 0 THEN r.input ELSE dss.output END END AS source
+      SELECT ss.run_id, ss.step_slug, ss.flow_slug, s.step_type, coalesce(s.opt_start_delay, interval '0') AS start_delay,
+             CASE WHEN s.step_type = 'fanout' THEN
+               CASE WHEN s.deps_count = 0 THEN r.input
+                    ELSE (SELECT dss.output FROM pgflow.deps d
+                          JOIN pgflow.step_states dss ON dss.run_id = ss.run_id AND dss.step_slug = d.dep_slug
+                          WHERE d.flow_slug = ss.flow_slug AND d.step_slug = ss.step_slug) END
+             END AS source
       FROM unnest(v_ready_runs, v_ready_steps) AS x(run_id, step_slug)
       JOIN pgflow.step_states ss ON ss.run_id = x.run_id AND ss.step_slug = x.step_slug
       JOIN pgflow.runs r ON r.run_id = ss.run_id
-      JOIN pgflow.step_options so ON so.flow_slug = ss.flow_slug AND so.step_slug = ss.step_slug
-      LEFT JOIN pgflow.deps d ON so.step_type = 'fanout' AND d.flow_slug = ss.flow_slug AND d.step_slug = ss.step_slug
-      LEFT JOIN pgflow.step_states dss ON dss.run_id = ss.run_id AND dss.step_slug = d.dep_slug
+      JOIN pgflow.steps s ON s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug
       WHERE ss.status = 'created' AND r.status = 'started'
     ), sized AS MATERIALIZED (
-      SELECT ready.*, CASE WHEN ready.step_type = 'single' THEN 1 ELSE jsonb_array_length(ready.source) END AS n
+      SELECT ready.*,
+             CASE WHEN ready.step_type = 'single' THEN 1
+                  WHEN jsonb_typeof(ready.source) = 'array' THEN jsonb_array_length(ready.source)
+             END AS n  -- NULL: a fanout over something that is not an array
       FROM ready
     ), started AS (
       UPDATE pgflow.step_states ss
@@ -536,7 +523,7 @@ BEGIN
           started_at = now(),
           ended_at = CASE WHEN sized.n = 0 THEN now() END
       FROM sized
-      WHERE ss.run_id = sized.run_id AND ss.step_slug = sized.step_slug
+      WHERE ss.run_id = sized.run_id AND ss.step_slug = sized.step_slug AND sized.n IS NOT NULL
       RETURNING ss.run_id, ss.step_slug, ss.flow_slug, ss.status
     ), queued AS (
       INSERT INTO pgflow.step_tasks (run_id, step_slug, task_index, flow_slug, status, visible_at, item)
@@ -546,36 +533,61 @@ BEGIN
       SELECT sized.run_id, sized.step_slug, (e.ord - 1)::int, sized.flow_slug, 'queued', now() + sized.start_delay, e.value
       FROM sized CROSS JOIN LATERAL jsonb_array_elements(sized.source) WITH ORDINALITY AS e(value, ord)
       WHERE sized.step_type = 'fanout' AND sized.n > 0
+    ), bad AS (
+      SELECT sized.run_id, sized.step_slug,
+             CASE WHEN d.dep_slug IS NULL
+               THEN format('fanout step %s expects the flow input to be a JSON array, got %s',
+                           to_jsonb(sized.step_slug), coalesce(jsonb_typeof(sized.source), 'null'))
+               ELSE format('fanout step %s expects dependency %s to output a JSON array, got %s',
+                           to_jsonb(sized.step_slug), to_jsonb(d.dep_slug), coalesce(jsonb_typeof(sized.source), 'null'))
+             END AS message
+      FROM sized
+      LEFT JOIN pgflow.deps d ON d.flow_slug = sized.flow_slug AND d.step_slug = sized.step_slug
+      WHERE sized.n IS NULL
     )
     SELECT coalesce(array_agg(started.run_id) FILTER (WHERE started.status = 'completed'), '{}'),
            coalesce(array_agg(started.step_slug) FILTER (WHERE started.status = 'completed'), '{}'),
-           coalesce(array_agg(DISTINCT started.flow_slug) FILTER (WHERE started.status = 'started'), '{}')
-    INTO v_done_runs, v_done_steps, v_flows
+           coalesce(array_agg(DISTINCT started.flow_slug) FILTER (WHERE started.status = 'started'), '{}'),
+           (SELECT array_agg(bad.run_id ORDER BY bad.run_id, bad.step_slug) FROM bad),
+           (SELECT array_agg(bad.step_slug ORDER BY bad.run_id, bad.step_slug) FROM bad),
+           (SELECT array_agg(bad.message ORDER BY bad.run_id, bad.step_slug) FROM bad)
+    INTO v_done_runs, v_done_steps, v_flows, v_bad_runs, v_bad_steps, v_bad_msgs
     FROM started;
+
+    FOR v_i IN 1 .. coalesce(cardinality(v_bad_runs), 0) LOOP
+      PERFORM pgflow._end_run(v_bad_runs[v_i], 'failed', v_bad_steps[v_i], NULL, v_bad_msgs[v_i]);
+    END LOOP;
 
     -- One notification per flow per statement (Postgres also folds
     -- duplicates within a transaction).
     PERFORM pg_notify('pgflow_tasks', f) FROM unnest(v_flows) AS f;
 
-    v_touched := v_touched || v_done_runs;
     v_ready_runs := '{}';
     v_ready_steps := '{}';
   END LOOP;
 
-  -- Complete the runs that have no steps left; the run output is an object
-  -- keyed by leaf step slug.
-  WITH finished AS (
+  -- Count down each run's remaining steps, once per run, and complete the
+  -- runs with none left; the run output is an object keyed by leaf step slug.
+  WITH counts AS (
+    SELECT x.run_id, count(*)::int AS n FROM unnest(v_completed) AS x(run_id) GROUP BY x.run_id
+  ), updated AS (
     UPDATE pgflow.runs r
-    SET status = 'completed', ended_at = now(),
-        output = (SELECT coalesce(jsonb_object_agg(ss.step_slug, ss.output), '{}')
-                  FROM pgflow.step_states ss
-                  WHERE ss.run_id = r.run_id
-                    AND NOT EXISTS (SELECT 1 FROM pgflow.deps d
-                                    WHERE d.flow_slug = ss.flow_slug AND d.dep_slug = ss.step_slug))
-    WHERE r.run_id = ANY (v_touched) AND r.remaining_steps = 0 AND r.status = 'started'
-    RETURNING r.run_id
+    SET remaining_steps = r.remaining_steps - c.n,
+        status = CASE WHEN r.status = 'started' AND r.remaining_steps = c.n THEN 'completed' ELSE r.status END,
+        ended_at = CASE WHEN r.status = 'started' AND r.remaining_steps = c.n THEN now() ELSE r.ended_at END,
+        output = CASE WHEN r.status = 'started' AND r.remaining_steps = c.n THEN
+                   (SELECT coalesce(jsonb_object_agg(ss.step_slug, ss.output), '{}')
+                    FROM pgflow.step_states ss
+                    WHERE ss.run_id = r.run_id
+                      AND NOT EXISTS (SELECT 1 FROM pgflow.deps d
+                                      WHERE d.flow_slug = ss.flow_slug AND d.dep_slug = ss.step_slug))
+                 ELSE r.output END
+    FROM counts c
+    WHERE r.run_id = c.run_id
+    RETURNING r.run_id, r.status
   ), chunks AS (
-    SELECT finished.run_id, (row_number() OVER () - 1) / 100 AS chunk FROM finished
+    SELECT updated.run_id, (row_number() OVER () - 1) / 100 AS chunk
+    FROM updated WHERE updated.status = 'completed'
   )
   SELECT coalesce(array_agg(json_build_object('status', 'completed', 'run_ids', c.ids)::text), '{}')
   INTO v_flows
@@ -601,6 +613,7 @@ DECLARE
   v_ids     uuid[];
   v_ready_runs  uuid[];
   v_ready_steps text[];
+  v_queued      boolean;
 BEGIN
   IF inputs IS NULL OR cardinality(inputs) = 0 THEN
     RETURN '{}';
@@ -636,26 +649,52 @@ BEGIN
     END IF;
   END IF;
 
+  -- One statement creates the runs and their step states, and starts the
+  -- root steps at once: a single root step gets its task, a root fanout one
+  -- task per element of the input. A root fanout over [] is left to
+  -- _advance below (it completes at once and may cascade).
   WITH ids AS MATERIALIZED (
     SELECT coalesce(start_flows.run_ids[i.ord], gen_random_uuid()) AS run_id, coalesce(i.input, 'null') AS input, i.ord
     FROM unnest(inputs) WITH ORDINALITY AS i(input, ord)
   ), new_runs AS (
     INSERT INTO pgflow.runs (run_id, flow_slug, status, input, remaining_steps)
     SELECT ids.run_id, start_flows.flow_slug, 'started', ids.input, v_steps FROM ids
-  ), new_states AS (
-    INSERT INTO pgflow.step_states (run_id, step_slug, flow_slug, status, remaining_deps)
-    SELECT ids.run_id, s.step_slug, start_flows.flow_slug, 'created', s.deps_count
+  ), states AS MATERIALIZED (
+    SELECT ids.run_id, ids.input, s.step_slug, s.step_type, s.deps_count,
+           coalesce(s.opt_start_delay, interval '0') AS start_delay,
+           CASE WHEN s.deps_count > 0 THEN NULL
+                WHEN s.step_type = 'single' THEN 1
+                ELSE jsonb_array_length(ids.input) END AS n
     FROM ids CROSS JOIN pgflow.steps s
     WHERE s.flow_slug = start_flows.flow_slug
+  ), new_states AS (
+    INSERT INTO pgflow.step_states (run_id, step_slug, flow_slug, status, remaining_deps, total_tasks, remaining_tasks, started_at)
+    SELECT states.run_id, states.step_slug, start_flows.flow_slug,
+           CASE WHEN states.n > 0 THEN 'started' ELSE 'created' END, states.deps_count,
+           CASE WHEN states.n > 0 THEN states.n END, CASE WHEN states.n > 0 THEN states.n END,
+           CASE WHEN states.n > 0 THEN now() END
+    FROM states
+  ), new_tasks AS (
+    INSERT INTO pgflow.step_tasks (run_id, step_slug, task_index, flow_slug, status, visible_at, item)
+    SELECT states.run_id, states.step_slug, 0, start_flows.flow_slug, 'queued', now() + states.start_delay, NULL
+    FROM states WHERE states.n = 1 AND states.step_type = 'single'
+    UNION ALL
+    SELECT states.run_id, states.step_slug, (e.ord - 1)::int, start_flows.flow_slug, 'queued', now() + states.start_delay, e.value
+    FROM states CROSS JOIN LATERAL jsonb_array_elements(states.input) WITH ORDINALITY AS e(value, ord)
+    WHERE states.step_type = 'fanout' AND states.n > 0
   )
-  SELECT array_agg(ids.run_id ORDER BY ids.ord) INTO v_ids FROM ids;
+  SELECT (SELECT array_agg(ids.run_id ORDER BY ids.ord) FROM ids),
+         (SELECT array_agg(states.run_id) FROM states WHERE states.n = 0),
+         (SELECT array_agg(states.step_slug) FROM states WHERE states.n = 0),
+         (SELECT bool_or(states.n > 0) FROM states)
+  INTO v_ids, v_ready_runs, v_ready_steps, v_queued;
 
-  -- Both arrays come from one query so that their elements pair up.
-  SELECT array_agg(r.run_id), array_agg(s.step_slug) INTO v_ready_runs, v_ready_steps
-  FROM unnest(v_ids) AS r(run_id) CROSS JOIN pgflow.steps s
-  WHERE s.flow_slug = start_flows.flow_slug AND s.deps_count = 0;
-
-  PERFORM pgflow._advance(NULL, NULL, v_ready_runs, v_ready_steps);
+  IF v_queued THEN
+    PERFORM pg_notify('pgflow_tasks', start_flows.flow_slug);
+  END IF;
+  IF v_ready_runs IS NOT NULL THEN
+    PERFORM pgflow._advance(NULL, NULL, v_ready_runs, v_ready_steps);
+  END IF;
   RETURN v_ids;
 END $$;
 
@@ -715,7 +754,7 @@ BEGIN
        AS f(run_id, step_slug, task_index, attempt, permanent)
   JOIN pgflow.step_tasks t ON t.run_id = f.run_id AND t.step_slug = f.step_slug AND t.task_index = f.task_index
   JOIN pgflow.step_options so ON so.flow_slug = t.flow_slug AND so.step_slug = t.step_slug
-  WHERE t.status = 'started' AND t.attempt = f.attempt
+  WHERE (t.status = 'started') IS TRUE AND t.attempt = f.attempt
     AND (coalesce(f.permanent, false) OR t.failures + 1 >= so.max_attempts);
 
   -- The runs that will fail, then in one sorted sweep every step state of
@@ -751,12 +790,12 @@ BEGIN
     LEFT JOIN pgflow.step_options so ON true
     LEFT JOIN pgflow.runs r ON true
     WHERE t.run_id = f.run_id AND t.step_slug = f.step_slug AND t.task_index = f.task_index
-      AND t.attempt = f.attempt AND t.status = 'started'
+      AND t.attempt = f.attempt AND (t.status = 'started') IS TRUE
       AND so.flow_slug = t.flow_slug AND so.step_slug = t.step_slug
       AND r.run_id = t.run_id
     RETURNING t.run_id, t.step_slug, t.task_index, t.status, t.error_message, t.flow_slug
   )
-  SELECT count(*)::int,
+  SELECT count(*) FILTER (WHERE u.status <> 'cancelled')::int,
          array_agg(u.run_id ORDER BY u.run_id, u.step_slug, u.task_index) FILTER (WHERE u.status = 'failed'),
          array_agg(u.step_slug ORDER BY u.run_id, u.step_slug, u.task_index) FILTER (WHERE u.status = 'failed'),
          array_agg(u.task_index ORDER BY u.run_id, u.step_slug, u.task_index) FILTER (WHERE u.status = 'failed'),
@@ -801,31 +840,55 @@ BEGIN
 END $$;
 
 -- _reap_expired fails the tasks of the given steps whose last allowed attempt
--- outlived its lease ("timeout"). Expired leases with attempts left are taken
--- over by claim_tasks instead.
+-- outlived its lease ("timeout"), and their runs. Expired leases with
+-- attempts left are taken over by claim_tasks instead. A task locked by
+-- someone else is being reported right now, so it is left to them.
 CREATE FUNCTION pgflow._reap_expired(p_flow_slugs text[], p_step_slugs text[]) RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
   v_runs  uuid[];
-  v_steps text[];
-  v_idx   int[];
-  v_att   int[];
-  v_msgs  text[];
+  v_n     int;
+  v_row   record;
 BEGIN
-  SELECT array_agg(t.run_id), array_agg(t.step_slug), array_agg(t.task_index), array_agg(t.attempt),
-         array_agg(format('timeout: attempt %s did not finish within %s', t.attempt, so.timeout))
-  INTO v_runs, v_steps, v_idx, v_att, v_msgs
-  FROM unnest(p_flow_slugs, p_step_slugs) AS w(flow_slug, step_slug)
+  SELECT array_agg(DISTINCT t.run_id) INTO v_runs
+  FROM (SELECT DISTINCT u.flow_slug, u.step_slug FROM unnest(p_flow_slugs, p_step_slugs) AS u(flow_slug, step_slug)) w
   JOIN pgflow.step_options so ON so.flow_slug = w.flow_slug AND so.step_slug = w.step_slug
   CROSS JOIN LATERAL (
-    SELECT t.run_id, t.step_slug, t.task_index, t.attempt FROM pgflow.step_tasks t
+    SELECT t.run_id FROM pgflow.step_tasks t
     WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug
       AND t.status = 'started' AND t.visible_at <= now() AND t.failures + 1 >= so.max_attempts) t;
-
   IF v_runs IS NULL THEN
     RETURN 0;
   END IF;
-  RETURN pgflow.fail_tasks(v_runs, v_steps, v_idx, v_att, v_msgs);
+
+  -- Lock order: the runs, then all their step states, then the tasks.
+  PERFORM 1 FROM pgflow.runs r WHERE r.run_id = ANY (v_runs) ORDER BY r.run_id FOR UPDATE;
+  PERFORM 1 FROM pgflow.step_states ss WHERE ss.run_id = ANY (v_runs)
+  ORDER BY ss.run_id, ss.step_slug FOR UPDATE OF ss;
+
+  v_n := 0;
+  FOR v_row IN
+    WITH reaped AS (
+      UPDATE pgflow.step_tasks t
+      SET status = 'failed', failures = t.failures + 1, ended_at = now(),
+          error_message = format('timeout: attempt %s did not finish within %s', t.attempt,
+            (SELECT so.timeout FROM pgflow.step_options so WHERE so.flow_slug = t.flow_slug AND so.step_slug = t.step_slug))
+      WHERE t.ctid = ANY (ARRAY(
+        SELECT x.ctid FROM pgflow.step_tasks x
+        JOIN pgflow.step_options so ON so.flow_slug = x.flow_slug AND so.step_slug = x.step_slug
+        WHERE x.run_id = ANY (v_runs) AND x.status = 'started' AND x.visible_at <= now()
+          AND x.failures + 1 >= so.max_attempts
+          AND (x.flow_slug, x.step_slug) IN (SELECT u.flow_slug, u.step_slug FROM unnest(p_flow_slugs, p_step_slugs) AS u(flow_slug, step_slug))
+        FOR UPDATE OF x SKIP LOCKED))
+      RETURNING t.run_id, t.step_slug, t.task_index, t.error_message
+    )
+    SELECT DISTINCT ON (reaped.run_id) reaped.run_id, reaped.step_slug, reaped.task_index, reaped.error_message
+    FROM reaped ORDER BY reaped.run_id, reaped.step_slug, reaped.task_index
+  LOOP
+    PERFORM pgflow._end_run(v_row.run_id, 'failed', v_row.step_slug, v_row.task_index, v_row.error_message);
+    v_n := v_n + 1;
+  END LOOP;
+  RETURN v_n;
 END $$;
 
 -- claim_tasks claims up to max_tasks claimable tasks of the given steps
@@ -869,13 +932,25 @@ BEGIN
     RAISE EXCEPTION 'claim_tasks: argument arrays differ in length' USING ERRCODE = 'PF005';
   END IF;
 
-  PERFORM pgflow._reap_expired(claim_tasks.flow_slugs, claim_tasks.step_slugs);
+  -- Fail the tasks whose last attempt outlived its lease (rare: look first).
+  IF EXISTS (
+    SELECT 1
+    FROM (SELECT DISTINCT u.flow_slug, u.step_slug
+          FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS u(flow_slug, step_slug)) w
+    CROSS JOIN LATERAL (
+      SELECT 1 FROM pgflow.step_tasks t
+      WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug
+        AND t.status = 'started' AND t.visible_at <= now()
+      LIMIT 1) x) THEN
+    PERFORM pgflow._reap_expired(claim_tasks.flow_slugs, claim_tasks.step_slugs);
+  END IF;
 
   -- Expired leases with attempts left first, then queued tasks. Rows are
   -- locked by address and never waited for.
   v_expired := ARRAY(
     SELECT x.ctid
-    FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS w(flow_slug, step_slug)
+    FROM (SELECT DISTINCT u.flow_slug, u.step_slug
+          FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS u(flow_slug, step_slug)) w
     JOIN pgflow.step_options so ON so.flow_slug = w.flow_slug AND so.step_slug = w.step_slug
     CROSS JOIN LATERAL (
       SELECT t.ctid FROM pgflow.step_tasks t
@@ -888,7 +963,8 @@ BEGIN
 
   v_queued := ARRAY(
     SELECT x.ctid
-    FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS w(flow_slug, step_slug)
+    FROM (SELECT DISTINCT u.flow_slug, u.step_slug
+          FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS u(flow_slug, step_slug)) w
     CROSS JOIN LATERAL (
       SELECT t.ctid FROM pgflow.step_tasks t
       WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug
@@ -921,7 +997,7 @@ BEGIN
                   ELSE t.error_message END,
              -- The lease; when another attempt would remain after this one,
              -- it also holds the retry delay that a timeout incurs.
-             coalesce(now() + so.timeout + claim_tasks.lease_grace
+             coalesce(now() + so.timeout + coalesce(claim_tasks.lease_grace, interval '2 seconds')
                         + CASE WHEN t.failures + (t.status = 'started')::int + 1 < so.max_attempts
                                THEN pgflow._retry_delay(so.base_delay, t.failures + (t.status = 'started')::int + 1)
                                ELSE interval '0' END,
@@ -935,10 +1011,11 @@ BEGIN
     WHERE t.ctid = ANY (ARRAY(SELECT unnest(v_expired || v_queued)))
     RETURNING t.run_id, t.flow_slug, t.step_slug, t.task_index, t.attempt, t.status, t.item
   ), wanted AS (
-    SELECT so.flow_slug, so.step_slug, so.step_type, so.deps_count, so.timeout, coalesce(w.with_run, true) AS with_run
+    SELECT so.flow_slug, so.step_slug, so.step_type, so.deps_count, so.timeout, bool_or(coalesce(w.with_run, true)) AS with_run
     FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs, claim_tasks.with_run_input)
          AS w(flow_slug, step_slug, with_run)
     JOIN pgflow.step_options so ON so.flow_slug = w.flow_slug AND so.step_slug = w.step_slug
+    GROUP BY so.flow_slug, so.step_slug, so.step_type, so.deps_count, so.timeout
   )
   SELECT c.run_id, c.flow_slug, c.step_slug, c.task_index, c.attempt, w.timeout,
          CASE WHEN w.with_run THEN (SELECT r.input FROM pgflow.runs r WHERE r.run_id = c.run_id) END,
@@ -952,6 +1029,75 @@ BEGIN
   FROM claimed c
   JOIN wanted w ON w.flow_slug = c.flow_slug AND w.step_slug = c.step_slug
   WHERE c.status = 'started';
+END $$;
+
+-- _complete_batch records a batch's outputs and decrements its step states
+-- in one statement. Guarded, it decrements only steps that keep tasks left
+-- (the caller holds no run rows); the caller compares counted_steps with
+-- decremented_steps to see whether that held for every step. It returns
+-- the steps whose last task this batch completed.
+CREATE FUNCTION pgflow._complete_batch(
+  p_run_ids uuid[], p_step_slugs text[], p_task_indexes int[], p_attempts int[], p_outputs jsonb[],
+  p_guarded boolean,
+  OUT counted_steps int, OUT decremented_steps int, OUT applied int, OUT done_runs uuid[], OUT done_steps text[],
+  OUT done_fanouts int)
+LANGUAGE plpgsql AS $$
+BEGIN
+  WITH c AS (
+    SELECT * FROM unnest(p_run_ids, p_step_slugs, p_task_indexes, p_attempts, p_outputs)
+             AS c(run_id, step_slug, task_index, attempt, output)
+  ), done AS (
+    -- A fanout task keeps its output for the aggregate; a single step's
+    -- output goes to its step state. A task whose run has ended (a race
+    -- with a cancel) is cancelled instead.
+    UPDATE pgflow.step_tasks t
+    SET status = CASE WHEN r.status = 'started' THEN 'completed' ELSE 'cancelled' END,
+        ended_at = now(),
+        output = CASE WHEN s.step_type = 'fanout' AND r.status = 'started'
+                      THEN coalesce(c.output, 'null'::jsonb) END
+    FROM c
+    LEFT JOIN pgflow.steps s ON true
+    LEFT JOIN pgflow.runs r ON true
+    WHERE t.run_id = c.run_id AND t.step_slug = c.step_slug AND t.task_index = c.task_index
+      AND t.attempt = c.attempt AND (t.status = 'started') IS TRUE
+      AND s.flow_slug = t.flow_slug AND s.step_slug = t.step_slug
+      AND r.run_id = t.run_id
+    RETURNING t.run_id, t.step_slug, s.step_type, t.status, coalesce(c.output, 'null'::jsonb) AS output
+  ), counted AS (
+    SELECT done.run_id, done.step_slug, count(*)::int AS n,
+           bool_and(done.step_type = 'single') AS single,
+           (array_agg(done.output))[1] AS single_output
+    FROM done
+    WHERE done.status = 'completed'
+    GROUP BY done.run_id, done.step_slug
+  ), locked_states AS MATERIALIZED (
+    -- The step states in the lock order, taken only now: a fanout's hot
+    -- counter is held from here until commit, not while the tasks update.
+    SELECT ss.run_id, ss.step_slug, counted.n, counted.single, counted.single_output
+    FROM pgflow.step_states ss
+    JOIN counted ON ss.run_id = counted.run_id AND ss.step_slug = counted.step_slug
+    ORDER BY ss.run_id, ss.step_slug
+    FOR UPDATE OF ss
+  ), decremented AS (
+    -- A single step completes right here (its one output is at hand); a
+    -- fanout reaching zero is completed by the caller, which aggregates.
+    UPDATE pgflow.step_states ss
+    SET remaining_tasks = ss.remaining_tasks - l.n,
+        output = CASE WHEN l.single THEN l.single_output ELSE ss.output END,
+        status = CASE WHEN l.single AND ss.remaining_tasks = l.n THEN 'completed' ELSE ss.status END,
+        ended_at = CASE WHEN l.single AND ss.remaining_tasks = l.n THEN now() ELSE ss.ended_at END
+    FROM locked_states l
+    WHERE ss.run_id = l.run_id AND ss.step_slug = l.step_slug
+      AND ss.status = 'started'
+      AND (NOT p_guarded OR ss.remaining_tasks > l.n)
+    RETURNING ss.run_id, ss.step_slug, ss.remaining_tasks, l.n, l.single
+  )
+  SELECT (SELECT count(*) FROM counted), count(*), coalesce(sum(d.n), 0)::int,
+         coalesce(array_agg(d.run_id) FILTER (WHERE d.remaining_tasks = 0), '{}'),
+         coalesce(array_agg(d.step_slug) FILTER (WHERE d.remaining_tasks = 0), '{}'),
+         count(*) FILTER (WHERE d.remaining_tasks = 0 AND NOT d.single)::int
+  INTO counted_steps, decremented_steps, applied, done_runs, done_steps, done_fanouts
+  FROM decremented d;
 END $$;
 
 -- complete_tasks records task outputs (fenced by attempt, like fail_tasks)
@@ -973,6 +1119,7 @@ DECLARE
   v_applied    int;
   v_done_runs  uuid[];
   v_done_steps text[];
+  v_fanouts    int;
 BEGIN
   IF coalesce(cardinality(run_ids), 0) = 0 THEN
     RETURN 0;
@@ -986,93 +1133,53 @@ BEGIN
 
   -- The fast path: a batch that cannot finish any step (each of its steps
   -- has more unfinished tasks than the batch completes) decrements its step
-  -- states at the end of the one statement below, without the run rows.
-  -- This first check reads without locks; the decrement itself is guarded,
-  -- and when a guard fails (a step got closer to its end meanwhile), the
-  -- error escape from the block undoes the attempt and releases its locks,
-  -- and the slow path runs instead.
+  -- states at the end of one statement, without the run rows. This first
+  -- check reads without locks; the decrement itself is guarded, and when a
+  -- guard fails (a step got closer to its end meanwhile), the error escape
+  -- from the block undoes the attempt and releases its locks, and the slow
+  -- path runs instead.
   SELECT coalesce(bool_and(ss.status = 'started' AND ss.remaining_tasks > b.n), false)
   INTO v_guarded
   FROM (SELECT x.run_id, x.step_slug, count(*)::int AS n
         FROM unnest(run_ids, step_slugs) AS x(run_id, step_slug) GROUP BY x.run_id, x.step_slug) b
   LEFT JOIN pgflow.step_states ss ON ss.run_id = b.run_id AND ss.step_slug = b.step_slug;
 
-  LOOP
+  IF v_guarded THEN
     BEGIN
-      IF NOT v_guarded THEN
-        -- The slow path: run rows, then every step state of those runs.
-        PERFORM 1 FROM pgflow.runs r WHERE r.run_id = ANY (run_ids) ORDER BY r.run_id FOR UPDATE;
-        PERFORM 1 FROM pgflow.step_states ss WHERE ss.run_id = ANY (run_ids)
-        ORDER BY ss.run_id, ss.step_slug
-        FOR UPDATE OF ss;
-      END IF;
-
-      WITH c AS (
-        SELECT * FROM unnest(run_ids, step_slugs, task_indexes, attempts, outputs)
-                 AS c(run_id, step_slug, task_index, attempt, output)
-      ), done AS (
-        -- A fanout task keeps its output for the aggregate; a single step's
-        -- output goes to its step state. A task whose run has ended (a race
-        -- with a cancel) is cancelled instead.
-        UPDATE pgflow.step_tasks t
-        SET status = CASE WHEN r.status = 'started' THEN 'completed' ELSE 'cancelled' END,
-            ended_at = now(),
-            output = CASE WHEN s.step_type = 'fanout' AND r.status = 'started'
-                          THEN coalesce(c.output, 'null'::jsonb) END
-        FROM c
-        LEFT JOIN pgflow.steps s ON true
-        LEFT JOIN pgflow.runs r ON true
-        WHERE t.run_id = c.run_id AND t.step_slug = c.step_slug AND t.task_index = c.task_index
-          AND t.attempt = c.attempt AND t.status = 'started'
-          AND s.flow_slug = t.flow_slug AND s.step_slug = t.step_slug
-          AND r.run_id = t.run_id
-        RETURNING t.run_id, t.step_slug, s.step_type, t.status, coalesce(c.output, 'null'::jsonb) AS output
-      ), counted AS (
-        SELECT done.run_id, done.step_slug, count(*)::int AS n,
-               bool_and(done.step_type = 'single') AS single,
-               (array_agg(done.output))[1] AS single_output
-        FROM done
-        WHERE done.status = 'completed'
-        GROUP BY done.run_id, done.step_slug
-      ), decremented AS (
-        UPDATE pgflow.step_states ss
-        SET remaining_tasks = ss.remaining_tasks - counted.n,
-            output = CASE WHEN counted.single THEN counted.single_output ELSE ss.output END
-        FROM counted
-        WHERE ss.run_id = counted.run_id AND ss.step_slug = counted.step_slug
-          AND ss.status = 'started'
-          AND (NOT v_guarded OR ss.remaining_tasks > counted.n)
-        RETURNING ss.run_id, ss.step_slug, ss.remaining_tasks, counted.n
-      )
-      SELECT (SELECT count(*) FROM counted), count(*), coalesce(sum(d.n), 0)::int,
-             coalesce(array_agg(d.run_id) FILTER (WHERE d.remaining_tasks = 0), '{}'),
-             coalesce(array_agg(d.step_slug) FILTER (WHERE d.remaining_tasks = 0), '{}')
-      INTO v_counted, v_steps, v_applied, v_done_runs, v_done_steps
-      FROM decremented d;
-
-      IF v_guarded AND v_steps < v_counted THEN
+      SELECT * INTO v_counted, v_steps, v_applied, v_done_runs, v_done_steps, v_fanouts
+      FROM pgflow._complete_batch(run_ids, step_slugs, task_indexes, attempts, outputs, true);
+      IF v_steps < v_counted THEN
         RAISE EXCEPTION 'complete_tasks: batch may finish a step' USING ERRCODE = 'PF900';
       END IF;
-      EXIT;
+      RETURN v_applied;
     EXCEPTION WHEN SQLSTATE 'PF900' THEN
-      v_guarded := false;
+      NULL; -- undone; take the slow path
     END;
-  END LOOP;
+  END IF;
 
-  IF cardinality(v_done_runs) > 0 THEN
-    -- A new statement, so it sees every task output committed before the
-    -- step state locks were granted, plus this batch's own.
+  -- The slow path: run rows, then every step state of those runs.
+  PERFORM 1 FROM pgflow.runs r WHERE r.run_id = ANY (run_ids) ORDER BY r.run_id FOR UPDATE;
+  PERFORM 1 FROM pgflow.step_states ss WHERE ss.run_id = ANY (run_ids)
+  ORDER BY ss.run_id, ss.step_slug
+  FOR UPDATE OF ss;
+  SELECT * INTO v_counted, v_steps, v_applied, v_done_runs, v_done_steps, v_fanouts
+  FROM pgflow._complete_batch(run_ids, step_slugs, task_indexes, attempts, outputs, false);
+
+  IF v_fanouts > 0 THEN
+    -- Complete the fanout steps that reached zero: a new statement, so it
+    -- sees every task output committed before the step state locks were
+    -- granted, plus this batch's own.
     UPDATE pgflow.step_states ss
     SET status = 'completed', ended_at = now(),
-        output = CASE WHEN s.step_type = 'fanout'
-                      THEN (SELECT coalesce(jsonb_agg(t.output ORDER BY t.task_index), '[]')
-                            FROM pgflow.step_tasks t
-                            WHERE t.run_id = ss.run_id AND t.step_slug = ss.step_slug)
-                      ELSE ss.output END
+        output = (SELECT coalesce(jsonb_agg(t.output ORDER BY t.task_index), '[]')
+                  FROM pgflow.step_tasks t
+                  WHERE t.run_id = ss.run_id AND t.step_slug = ss.step_slug)
     FROM unnest(v_done_runs, v_done_steps) AS d(run_id, step_slug), pgflow.steps s
     WHERE ss.run_id = d.run_id AND ss.step_slug = d.step_slug
-      AND s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug;
-
+      AND s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug
+      AND s.step_type = 'fanout';
+  END IF;
+  IF cardinality(v_done_runs) > 0 THEN
     PERFORM pgflow._advance(v_done_runs, v_done_steps, NULL, NULL);
   END IF;
   RETURN v_applied;
@@ -1110,11 +1217,12 @@ BEGIN
     FROM r
     LEFT JOIN pgflow.runs run ON true
     WHERE t.run_id = r.run_id AND t.step_slug = r.step_slug AND t.task_index = r.task_index
-      AND t.attempt = r.attempt AND t.status = 'started'
+      AND t.attempt = r.attempt AND (t.status = 'started') IS TRUE
       AND run.run_id = t.run_id
     RETURNING t.flow_slug, t.status
   )
-  SELECT count(*)::int, coalesce(array_agg(DISTINCT released.flow_slug) FILTER (WHERE released.status = 'queued'), '{}')
+  SELECT count(*) FILTER (WHERE released.status = 'queued')::int,
+         coalesce(array_agg(DISTINCT released.flow_slug) FILTER (WHERE released.status = 'queued'), '{}')
   INTO v_n, v_flows FROM released;
   PERFORM pg_notify('pgflow_tasks', f) FROM unnest(v_flows) AS f;
   RETURN v_n;
@@ -1123,19 +1231,20 @@ END $$;
 -- next_visible_at returns when the next task of the given steps becomes
 -- claimable (a delayed queued task, or a lease that will expire), or NULL.
 CREATE FUNCTION pgflow.next_visible_at(flow_slugs text[], step_slugs text[]) RETURNS timestamptz
-LANGUAGE sql STABLE
-RETURN (
-  SELECT min(x.visible_at) FROM (
-    SELECT (SELECT t.visible_at FROM pgflow.step_tasks t
-            WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug AND t.status = 'queued'
-            ORDER BY t.visible_at LIMIT 1) AS visible_at
-    FROM unnest(flow_slugs, step_slugs) AS w(flow_slug, step_slug)
-    UNION ALL
-    SELECT (SELECT t.visible_at FROM pgflow.step_tasks t
-            WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug AND t.status = 'started'
-            ORDER BY t.visible_at LIMIT 1)
-    FROM unnest(flow_slugs, step_slugs) AS w(flow_slug, step_slug)
-  ) x);
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  RETURN (
+    SELECT min(least(q.visible_at, l.visible_at))
+    FROM unnest(next_visible_at.flow_slugs, next_visible_at.step_slugs) AS w(flow_slug, step_slug)
+    LEFT JOIN LATERAL (
+      SELECT t.visible_at FROM pgflow.step_tasks t
+      WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug AND t.status = 'queued'
+      ORDER BY t.visible_at LIMIT 1) q ON true
+    LEFT JOIN LATERAL (
+      SELECT t.visible_at FROM pgflow.step_tasks t
+      WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug AND t.status = 'started'
+      ORDER BY t.visible_at LIMIT 1) l ON true);
+END $$;
 
 ------------------------------------------------------------------------------
 -- Runs
@@ -1210,3 +1319,19 @@ BEGIN ATOMIC
   UPDATE pgflow.workers w SET stopped_at = now(), last_heartbeat_at = now()
   WHERE w.worker_id = worker_stopped.worker_id;
 END;
+
+------------------------------------------------------------------------------
+-- Plans
+------------------------------------------------------------------------------
+
+-- The engine's statements are planned once per connection and reused: their
+-- shapes (index lookups by key, TID scans, ordered LATERAL index scans) do
+-- not depend on parameter values, and planning them anew on every call cost
+-- several times more than running them.
+ALTER FUNCTION pgflow.start_flows(text, jsonb[], uuid[]) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION pgflow.claim_tasks(uuid, text[], text[], int, boolean[], interval) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION pgflow.complete_tasks(uuid[], text[], int[], int[], jsonb[]) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION pgflow.fail_tasks(uuid[], text[], int[], int[], text[], boolean[]) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION pgflow.release_tasks(uuid[], text[], int[], int[]) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION pgflow.cancel_run(uuid) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION pgflow.next_visible_at(text[], text[]) SET plan_cache_mode = force_generic_plan;

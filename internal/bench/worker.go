@@ -1,0 +1,39 @@
+package bench
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgflow-go/pgflow/sdk"
+)
+
+// RunWorker runs a worker for the benchmark flows until its standard input
+// closes (the benchmark's way of stopping it), then shuts down gracefully.
+func RunWorker(databaseURL string, concurrency int) error {
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		stop()
+	}()
+	cfg, err := pgxpool.ParseConfig(databaseURL)
+	if err != nil {
+		return err
+	}
+	cfg.MaxConns = 8
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	w := sdk.NewWorker(pool, sdk.WorkerOptions{
+		Concurrency: concurrency,
+		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	Register(w)
+	return w.Run(ctx)
+}
