@@ -164,7 +164,14 @@ func (s *session) sendFailures(ctx context.Context, rs []result) error {
 		permanent[i] = r.permanent
 	}
 	var applied int
-	return s.w.pool.QueryRow(ctx, failSQL, runs, steps, indexes, attempts, messages, permanent).Scan(&applied)
+	err := s.w.pool.QueryRow(ctx, failSQL, runs, steps, indexes, attempts, messages, permanent).Scan(&applied)
+	if err == nil {
+		s.mu.Lock()
+		s.retryHint = true
+		s.mu.Unlock()
+		signal(s.wake)
+	}
+	return err
 }
 
 func (s *session) sendReleases(ctx context.Context, rs []result) error {

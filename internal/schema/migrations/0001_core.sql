@@ -1157,11 +1157,12 @@ BEGIN
     END;
   END IF;
 
-  -- The slow path: run rows, then every step state of those runs.
-  PERFORM 1 FROM pgflow.runs r WHERE r.run_id = ANY (run_ids) ORDER BY r.run_id FOR UPDATE;
-  PERFORM 1 FROM pgflow.step_states ss WHERE ss.run_id = ANY (run_ids)
-  ORDER BY ss.run_id, ss.step_slug
-  FOR UPDATE OF ss;
+  -- The slow path: each run row, then its step states, in (run, step)
+  -- order; conflicting callers meet first on a run row they share.
+  PERFORM 1 FROM pgflow.runs r JOIN pgflow.step_states ss ON ss.run_id = r.run_id
+  WHERE r.run_id = ANY (run_ids)
+  ORDER BY r.run_id, ss.step_slug
+  FOR UPDATE OF r, ss;
   SELECT * INTO v_counted, v_steps, v_applied, v_done_runs, v_done_steps, v_fanouts
   FROM pgflow._complete_batch(run_ids, step_slugs, task_indexes, attempts, outputs, false);
 
