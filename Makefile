@@ -17,11 +17,16 @@ demo: ## run the example flow end to end (arrives with the example)
 	@exit 2
 
 .PHONY: test
-test: postgres ## vet, check formatting, run every test with the race detector
+test: postgres ## vet, check formatting and generated files, run every test with the race detector
+	$(GO) run ./cmd/pgflowgen -check ./...
 	$(GO) vet $(PKGS)
 	@unformatted="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) test -race -count=1 $(TESTFLAGS) $(PKGS)
+
+.PHONY: generate
+generate: ## regenerate pgflow_gen.go and pgflow_gen.sql of every package with //pgflow: annotations
+	$(GO) run ./cmd/pgflowgen ./...
 
 .PHONY: bench-engine
 bench-engine: postgres ## measure the SQL engine: fanout spawn and drain (durable server)
