@@ -12,9 +12,12 @@ help: ## list the targets
 	@grep -hE '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 .PHONY: demo
-demo: ## run the example flow end to end (arrives with the example)
-	@echo "make demo arrives with the example app (example/); until then see README.md" >&2
-	@exit 2
+demo: postgres ## run the example flow end to end (a throwaway PostgreSQL unless DATABASE_URL is set)
+	$(GO) run ./example demo
+
+.PHONY: bench
+bench: postgres ## measure runs/s, fanout spawn and drain, chain latency, worker RSS (BENCHFLAGS=-quick for a short run)
+	$(GO) run ./cmd/pgflowbench $(BENCHFLAGS)
 
 .PHONY: test
 test: postgres ## vet, check formatting and generated files, run every test with the race detector

@@ -166,10 +166,7 @@ func (s *session) sendFailures(ctx context.Context, rs []result) error {
 	var applied int
 	err := s.w.pool.QueryRow(ctx, failSQL, runs, steps, indexes, attempts, messages, permanent).Scan(&applied)
 	if err == nil {
-		s.mu.Lock()
-		s.retryHint = true
-		s.mu.Unlock()
-		signal(s.wake)
+		signal(s.wake) // the claim loop learns when the retries become claimable
 	}
 	return err
 }

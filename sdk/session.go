@@ -43,7 +43,6 @@ type session struct {
 	drained chan struct{} // signalled when running drops to 0
 
 	wake      chan struct{} // wakes the claim loop: tasks may be claimable
-	retryHint bool          // failures were reported: retries will become claimable later
 	freed     chan struct{} // wakes the claim loop: a slot freed
 	results   chan result   // finished tasks, to the flusher
 	stopFlush chan struct{} // closed when no more results will be produced
@@ -217,13 +216,10 @@ func (s *session) claimLoop(ctx context.Context) {
 			if backlog {
 				continue
 			}
-			// Nothing more is claimable now. When nothing at all was, ask
-			// when something becomes claimable (a delayed start or retry, a
-			// lease expiring); after a partial claim, notifications and the
-			// flusher's retry hint cover it.
-			if len(claimed) == 0 || s.takeRetryHint() {
-				wait = s.untilNextVisible(ctx)
-			}
+			// Nothing more is claimable now: sleep until something becomes
+			// claimable (a delayed start or retry, an expiring lease), a
+			// notification arrives, or the poll interval passes.
+			wait = s.untilNextVisible(ctx)
 		} else if backlog {
 			wait = 2 * time.Millisecond
 		}
@@ -398,16 +394,6 @@ func (s *session) freeSlot() {
 	}
 	s.mu.Unlock()
 	signal(s.freed)
-}
-
-// takeRetryHint reports (once) whether failures were reported since the
-// last call, so that the claim loop schedules a wake-up for their retries.
-func (s *session) takeRetryHint() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	hint := s.retryHint
-	s.retryHint = false
-	return hint
 }
 
 func (s *session) runningCount() int {
