@@ -27,6 +27,10 @@ test: postgres ## vet, check formatting and generated files, run every test with
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) test -race -count=1 $(TESTFLAGS) $(PKGS)
 
+.PHONY: chaos
+chaos: postgres ## the long fault suite: kills, restarts, races, large data (a short version runs in make test)
+	PGFLOW_FAULTS_LONG=1 $(GO) test -count=1 -timeout 60m -v -run . ./internal/faults/
+
 .PHONY: generate
 generate: ## regenerate pgflow_gen.go and pgflow_gen.sql of every package with //pgflow: annotations
 	$(GO) run ./cmd/pgflowgen ./...

@@ -94,13 +94,16 @@ func (c *Client) StartFlows(ctx context.Context, flow string, inputs []json.RawM
 
 // StartFlowsTx is StartFlows inside the caller's transaction.
 func (c *Client) StartFlowsTx(ctx context.Context, q Querier, flow string, inputs []json.RawMessage) ([]RunID, error) {
+	if !ValidSlug(flow) {
+		return nil, fmt.Errorf("pgflow: start %q: invalid flow slug (slugs match %s): %w", flow, slugPattern, ErrNotFound)
+	}
 	texts := make([]string, len(inputs))
 	for i, in := range inputs {
 		if len(in) == 0 {
 			in = json.RawMessage("null")
 		}
-		if !json.Valid(in) {
-			return nil, fmt.Errorf("pgflow: start %q: input %d is not valid JSON: %w", flow, i, ErrInvalidInput)
+		if err := checkJSON(in); err != nil {
+			return nil, fmt.Errorf("pgflow: start %q: input %d: %w: %w", flow, i, err, ErrInvalidInput)
 		}
 		texts[i] = string(in)
 	}

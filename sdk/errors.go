@@ -1,9 +1,12 @@
 package sdk
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -96,7 +99,7 @@ func mapError(op string, err error) error {
 		switch pgErr.Code {
 		case "PF001", "PF004":
 			return fmt.Errorf("%s: %s: %w", op, msg, ErrNotFound)
-		case "PF002":
+		case "PF002", "22P05", "22021", "22P02", "54000": // invalid input, text Postgres cannot store, too large
 			return fmt.Errorf("%s: %s: %w", op, msg, ErrInvalidInput)
 		case "3F000", "42883", "42P01": // schema, function or table missing
 			if strings.Contains(msg, "pgflow") {
@@ -108,4 +111,33 @@ func mapError(op string, err error) error {
 		return fmt.Errorf("%s: %w", op, ErrNotFound)
 	}
 	return fmt.Errorf("%s: %w", op, err)
+}
+
+// checkJSON rejects what Postgres's jsonb cannot store, before it is sent:
+// text that is not JSON or not UTF-8, and the NUL character (\u0000).
+func checkJSON(b []byte) error {
+	if !utf8.Valid(b) {
+		return errors.New("not valid UTF-8")
+	}
+	if !json.Valid(b) {
+		return errors.New("not valid JSON")
+	}
+	if bytes.Contains(b, []byte(`\u0000`)) && containsNUL(b) {
+		return errors.New(`holds the character \u0000, which Postgres cannot store in jsonb`)
+	}
+	return nil
+}
+
+// containsNUL reports whether JSON text holds an escaped NUL character.
+func containsNUL(b []byte) bool {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		if s, ok := tok.(string); ok && strings.ContainsRune(s, 0) {
+			return true
+		}
+	}
 }

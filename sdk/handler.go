@@ -54,6 +54,16 @@ func (t *Task) decode(what string, data json.RawMessage, v any) error {
 	return nil
 }
 
+type taskContextKey struct{}
+
+// TaskFromContext returns the task a handler's context belongs to: its run,
+// step, element index and attempt (for logging, or for keying side effects
+// so that a retried attempt can recognise its own earlier work).
+func TaskFromContext(ctx context.Context) (*Task, bool) {
+	t, ok := ctx.Value(taskContextKey{}).(*Task)
+	return t, ok
+}
+
 // Handler runs one task and returns its output, which is encoded as JSON.
 // Returning an error fails the attempt (retried per the step's options, or
 // at once for Permanent errors); a panic fails it too.

@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/jackc/pgx/v5"
 
@@ -30,4 +31,22 @@ func Migrate(ctx context.Context, db TxBeginner) error {
 // SchemaVersion is the newest schema version this package installs.
 func SchemaVersion() int {
 	return schema.LatestVersion()
+}
+
+// checkSchema refuses a database without the pgflow schema, or with one
+// newer than this package knows.
+func checkSchema(ctx context.Context, db interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}) error {
+	v, err := schema.Version(ctx, db)
+	switch {
+	case err != nil:
+		return err
+	case v == 0:
+		return ErrSchemaMissing
+	case v > schema.LatestVersion():
+		return fmt.Errorf("%w: the database is at version %d, this binary knows versions 1 to %d; upgrade pgflow",
+			ErrSchemaTooNew, v, schema.LatestVersion())
+	}
+	return nil
 }

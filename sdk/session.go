@@ -1,6 +1,7 @@
 package sdk
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -308,7 +309,7 @@ func (s *session) start(c claimed) {
 	}
 	reg := s.regs[stepKey{c.task.Flow, c.task.Step}]
 	now := time.Now()
-	ctx, cancel := context.WithCancelCause(s.handlerCtx)
+	ctx, cancel := context.WithCancelCause(context.WithValue(s.handlerCtx, taskContextKey{}, c.task))
 	ctx, cancelDeadline := context.WithDeadline(ctx, now.Add(c.timeout))
 	inf := &inflight{task: c.task, cancel: cancel, started: now, deadline: now.Add(c.timeout), timeout: c.timeout}
 	s.mu.Lock()
@@ -359,9 +360,16 @@ func (s *session) finish(inf *inflight, ctx context.Context, out any, err error)
 	r := result{task: t}
 	if err == nil {
 		raw, merr := json.Marshal(out)
-		if merr != nil {
+		switch {
+		case merr != nil:
 			err = Permanent(fmt.Errorf("encode the output of step %q (task %d) as JSON: %w", t.Step, t.Index, merr))
-		} else {
+		case len(raw) > s.opts.MaxOutputBytes:
+			err = Permanent(fmt.Errorf("the output of step %q (task %d) is %d bytes of JSON, over the limit of %d (WorkerOptions.MaxOutputBytes)",
+				t.Step, t.Index, len(raw), s.opts.MaxOutputBytes))
+		case bytes.Contains(raw, []byte(`\u0000`)) && containsNUL(raw):
+			err = Permanent(fmt.Errorf(`the output of step %q (task %d) holds the character \u0000, which Postgres cannot store in jsonb`,
+				t.Step, t.Index))
+		default:
 			r.output = raw
 		}
 	}

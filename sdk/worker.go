@@ -37,6 +37,10 @@ type WorkerOptions struct {
 	HeartbeatInterval time.Duration
 	// MaxClaim caps the tasks claimed in one statement (default Concurrency).
 	MaxClaim int
+	// MaxOutputBytes caps the size of one task's output as JSON (default
+	// 64 MiB): a larger output fails its task, permanently, with an error
+	// saying so, instead of bloating the database.
+	MaxOutputBytes int
 }
 
 func (o WorkerOptions) withDefaults() WorkerOptions {
@@ -60,6 +64,9 @@ func (o WorkerOptions) withDefaults() WorkerOptions {
 	}
 	if o.MaxClaim <= 0 || o.MaxClaim > o.Concurrency {
 		o.MaxClaim = o.Concurrency
+	}
+	if o.MaxOutputBytes <= 0 {
+		o.MaxOutputBytes = 64 << 20
 	}
 	return o
 }
@@ -198,7 +205,10 @@ func (w *Worker) syncFlows(ctx context.Context) error {
 	}
 	b := newBackoff()
 	for {
-		err := EnsureFlows(ctx, w.pool, specs...)
+		err := checkSchema(ctx, w.pool)
+		if err == nil {
+			err = EnsureFlows(ctx, w.pool, specs...)
+		}
 		if err == nil || !transient(err) {
 			return err
 		}

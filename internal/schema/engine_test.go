@@ -592,3 +592,32 @@ func TestClaimSurvivesOrphanedTasks(t *testing.T) {
 		t.Fatalf("%d orphaned tasks still live", n)
 	}
 }
+
+// TestReportsForUnknownTasks: complete and fail calls for tasks that do not
+// exist change nothing and raise nothing.
+func TestReportsForUnknownTasks(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("known", "", step{slug: "a"})
+	run := e.start("known", `{}`)
+	unknown := []task{
+		{RunID: "00000000-0000-0000-0000-00000000abcd", Step: "a", Index: 0, Attempt: 1},
+		{RunID: run, Step: "nope", Index: 0, Attempt: 1},
+		{RunID: run, Step: "a", Index: 7, Attempt: 1},
+		{RunID: run, Step: "a", Index: 0, Attempt: 99},
+	}
+	for _, k := range unknown {
+		if e.complete(k, `1`) {
+			t.Errorf("completing %+v applied", k)
+		}
+		if got := e.fail(k, "x", false); got != "" {
+			t.Errorf("failing %+v returned %q", k, got)
+		}
+	}
+	if n, err := completeBatch(e.ctx, e.pool, unknown, func(task) string { return "1" }); err != nil || n != 0 {
+		t.Errorf("batch of unknown tasks: applied %d, %v", n, err)
+	}
+	if r := e.run(run); r.Status != "started" || e.liveTasks(run) != 1 {
+		t.Fatalf("the run changed: %s, %d live tasks", r.Status, e.liveTasks(run))
+	}
+}

@@ -22,6 +22,11 @@
 --   * A completion batch that might finish a step locks its run rows first
 --     (see complete_tasks).
 --
+-- Statements that look tasks up by keys given as arrays join only those
+-- arrays to the task table; what they need of runs and steps they read in
+-- per-row sub-selects. Otherwise the planner may reach the tasks through a
+-- join with runs by run_id alone and scan a whole fanout per looked-up task.
+--
 -- A task is reached by its key where the key is known. Fences on a task's
 -- status are written "(t.status = 'started') IS TRUE" there: the planner
 -- cannot match that to the partial index of started tasks, which holds every
@@ -752,10 +757,12 @@ BEGIN
   INTO v_final_runs, v_final_steps, v_final_idx
   FROM unnest(run_ids, step_slugs, task_indexes, attempts, coalesce(permanent, '{}'))
        AS f(run_id, step_slug, task_index, attempt, permanent)
-  JOIN pgflow.step_tasks t ON t.run_id = f.run_id AND t.step_slug = f.step_slug AND t.task_index = f.task_index
-  JOIN pgflow.step_options so ON so.flow_slug = t.flow_slug AND so.step_slug = t.step_slug
-  WHERE (t.status = 'started') IS TRUE AND t.attempt = f.attempt
-    AND (coalesce(f.permanent, false) OR t.failures + 1 >= so.max_attempts);
+  CROSS JOIN LATERAL (
+    SELECT x.flow_slug, x.failures FROM pgflow.step_tasks x
+    WHERE x.run_id = f.run_id AND x.step_slug = f.step_slug AND x.task_index = f.task_index
+      AND x.attempt = f.attempt AND (x.status = 'started') IS TRUE) t
+  JOIN pgflow.step_options so ON so.flow_slug = t.flow_slug AND so.step_slug = f.step_slug
+  WHERE coalesce(f.permanent, false) OR t.failures + 1 >= so.max_attempts;
 
   -- The runs that will fail, then in one sorted sweep every step state of
   -- those runs and of the batch's steps.
@@ -778,21 +785,21 @@ BEGIN
       ON k.run_id = f.run_id AND k.step_slug = f.step_slug AND k.task_index = f.task_index
   ), updated AS (
     UPDATE pgflow.step_tasks t
-    SET status = CASE WHEN r.status IS DISTINCT FROM 'started' THEN 'cancelled'
+    SET (status, failures, error_message, ended_at, worker_id, visible_at) = (
+          SELECT CASE WHEN r.status IS DISTINCT FROM 'started' THEN 'cancelled'
                       WHEN f.final THEN 'failed' ELSE 'queued' END,
-        failures = t.failures + 1,
-        error_message = f.message,
-        ended_at = CASE WHEN f.final OR r.status IS DISTINCT FROM 'started' THEN now() END,
-        worker_id = CASE WHEN f.final THEN t.worker_id END,
-        visible_at = CASE WHEN f.final THEN t.visible_at
-                          ELSE now() + pgflow._retry_delay(so.base_delay, t.failures + 1) END
+                 t.failures + 1,
+                 f.message,
+                 CASE WHEN f.final OR r.status IS DISTINCT FROM 'started' THEN now() END,
+                 CASE WHEN f.final THEN t.worker_id END,
+                 CASE WHEN f.final THEN t.visible_at
+                      ELSE now() + pgflow._retry_delay(coalesce(so.base_delay, interval '1 second'), t.failures + 1) END
+          FROM (SELECT) one
+          LEFT JOIN pgflow.runs r ON r.run_id = t.run_id
+          LEFT JOIN pgflow.step_options so ON so.flow_slug = t.flow_slug AND so.step_slug = t.step_slug)
     FROM f
-    LEFT JOIN pgflow.step_options so ON true
-    LEFT JOIN pgflow.runs r ON true
     WHERE t.run_id = f.run_id AND t.step_slug = f.step_slug AND t.task_index = f.task_index
       AND t.attempt = f.attempt AND (t.status = 'started') IS TRUE
-      AND so.flow_slug = t.flow_slug AND so.step_slug = t.step_slug
-      AND r.run_id = t.run_id
     RETURNING t.run_id, t.step_slug, t.task_index, t.status, t.error_message, t.flow_slug
   )
   SELECT count(*) FILTER (WHERE u.status <> 'cancelled')::int,
@@ -1051,18 +1058,20 @@ BEGIN
     -- output goes to its step state. A task whose run has ended (a race
     -- with a cancel) is cancelled instead.
     UPDATE pgflow.step_tasks t
-    SET status = CASE WHEN r.status = 'started' THEN 'completed' ELSE 'cancelled' END,
-        ended_at = now(),
-        output = CASE WHEN s.step_type = 'fanout' AND r.status = 'started'
+    SET (status, ended_at, output) = (
+          SELECT CASE WHEN r.status = 'started' THEN 'completed' ELSE 'cancelled' END,
+                 now(),
+                 CASE WHEN s.step_type = 'fanout' AND r.status = 'started'
                       THEN coalesce(c.output, 'null'::jsonb) END
+          FROM (SELECT) one
+          LEFT JOIN pgflow.runs r ON r.run_id = t.run_id
+          LEFT JOIN pgflow.steps s ON s.flow_slug = t.flow_slug AND s.step_slug = t.step_slug)
     FROM c
-    LEFT JOIN pgflow.steps s ON true
-    LEFT JOIN pgflow.runs r ON true
     WHERE t.run_id = c.run_id AND t.step_slug = c.step_slug AND t.task_index = c.task_index
       AND t.attempt = c.attempt AND (t.status = 'started') IS TRUE
-      AND s.flow_slug = t.flow_slug AND s.step_slug = t.step_slug
-      AND r.run_id = t.run_id
-    RETURNING t.run_id, t.step_slug, s.step_type, t.status, coalesce(c.output, 'null'::jsonb) AS output
+    RETURNING t.run_id, t.step_slug,
+              (SELECT s.step_type FROM pgflow.steps s WHERE s.flow_slug = t.flow_slug AND s.step_slug = t.step_slug) AS step_type,
+              t.status, coalesce(c.output, 'null'::jsonb) AS output
   ), counted AS (
     SELECT done.run_id, done.step_slug, count(*)::int AS n,
            bool_and(done.step_type = 'single') AS single,
@@ -1213,13 +1222,12 @@ BEGIN
     SELECT * FROM unnest(run_ids, step_slugs, task_indexes, attempts) AS r(run_id, step_slug, task_index, attempt)
   ), released AS (
     UPDATE pgflow.step_tasks t
-    SET status = CASE WHEN run.status = 'started' THEN 'queued' ELSE 'cancelled' END,
+    SET status = CASE WHEN (SELECT run.status FROM pgflow.runs run WHERE run.run_id = t.run_id) = 'started'
+                      THEN 'queued' ELSE 'cancelled' END,
         visible_at = now(), worker_id = NULL
     FROM r
-    LEFT JOIN pgflow.runs run ON true
     WHERE t.run_id = r.run_id AND t.step_slug = r.step_slug AND t.task_index = r.task_index
       AND t.attempt = r.attempt AND (t.status = 'started') IS TRUE
-      AND run.run_id = t.run_id
     RETURNING t.flow_slug, t.status
   )
   SELECT count(*) FILTER (WHERE released.status = 'queued')::int,
