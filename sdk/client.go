@@ -144,7 +144,12 @@ func (c *Client) ensureFlow(ctx context.Context, spec FlowSpec) error {
 		return nil
 	}
 	if err := EnsureFlows(ctx, c.pool, spec); err != nil {
-		return err
+		// A role that may only start runs cannot sync flows: start anyway,
+		// and let the database say whether the flow exists.
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+			return err
+		}
 	}
 	c.mu.Lock()
 	c.synced[spec.Slug] = true

@@ -22,6 +22,7 @@ type session struct {
 	w      *Worker
 	opts   WorkerOptions
 	logger *slog.Logger
+	debug  bool // whether the logger takes Debug records (per-task logs cost allocations)
 	regs   map[stepKey]*registration
 
 	// The claim arguments, one entry per registered step, sorted.
@@ -34,6 +35,8 @@ type session struct {
 	// when the shutdown stops waiting for handlers.
 	handlerCtx context.Context
 	stopAll    context.CancelCauseFunc
+	// bgCtx lives as long as the background loops (listener, heartbeat).
+	bgCtx context.Context
 
 	mu       sync.Mutex
 	inflight map[taskKey]*inflight
@@ -89,6 +92,7 @@ func newSession(w *Worker) *session {
 		w:         w,
 		opts:      w.opts,
 		logger:    w.opts.Logger,
+		debug:     w.opts.Logger.Enabled(context.Background(), slog.LevelDebug),
 		regs:      w.regs,
 		flowSet:   map[string]bool{},
 		inflight:  map[taskKey]*inflight{},
@@ -133,6 +137,7 @@ func compareStrings(a, b string) int {
 // run works until ctx is done, then shuts down.
 func (s *session) run(ctx context.Context) {
 	bgCtx, stopBackground := context.WithCancel(context.Background())
+	s.bgCtx = bgCtx
 	var bg sync.WaitGroup
 	l := &listener{
 		config:   s.w.pool.Config().ConnConfig.Copy(),
@@ -316,7 +321,9 @@ func (s *session) start(c claimed) {
 	s.inflight[keyOf(c.task)] = inf
 	s.running++
 	s.mu.Unlock()
-	s.logger.Debug("pgflow: task started", taskAttrs(c.task)...)
+	if s.debug {
+		s.logger.Debug("pgflow: task started", taskAttrs(c.task)...)
+	}
 	go func() {
 		defer cancelDeadline()
 		out, err := call(ctx, reg.handler, c.task)
@@ -380,7 +387,9 @@ func (s *session) finish(inf *inflight, ctx context.Context, out any, err error)
 		r.err, r.permanent = err, IsPermanent(err)
 		s.logger.Warn("pgflow: task failed", taskAttrs(t, "duration", elapsed, "permanent", r.permanent, "error", err)...)
 	} else {
-		s.logger.Debug("pgflow: task completed", taskAttrs(t, "duration", elapsed)...)
+		if s.debug {
+			s.logger.Debug("pgflow: task completed", taskAttrs(t, "duration", elapsed)...)
+		}
 	}
 	s.deliver(r)
 }
@@ -490,7 +499,9 @@ func (s *session) notified(n *pgconn.Notification) {
 	if !ok || p.Status == RunCompleted {
 		return
 	}
-	s.cancelRuns(p.RunIDs)
+	// Anyone who can connect can send a notification: believe the database,
+	// not the payload.
+	s.cancelRuns(s.endedAmong(s.bgCtx, p.RunIDs))
 }
 
 // endedMemory is how long the worker remembers that a run ended.
@@ -520,26 +531,45 @@ func (s *session) cancelRuns(ids []RunID) {
 // a notification could have been missed.
 func (s *session) checkEndedRuns(ctx context.Context) {
 	s.mu.Lock()
-	var ids [][16]byte
+	var ids []RunID
 	for _, inf := range s.inflight {
-		ids = append(ids, [16]byte(inf.task.RunID))
+		ids = append(ids, inf.task.RunID)
 	}
 	s.mu.Unlock()
-	if len(ids) == 0 {
-		return
+	if ended := s.endedAmong(ctx, ids); len(ended) > 0 {
+		s.cancelRuns(ended)
 	}
-	rows, err := s.w.pool.Query(ctx, endedRunsSQL, ids)
+}
+
+// endedAmong returns the runs among ids that have ended, as the database
+// says.
+func (s *session) endedAmong(ctx context.Context, ids []RunID) []RunID {
+	if len(ids) == 0 {
+		return nil
+	}
+	raw := make([][16]byte, len(ids))
+	for i, id := range ids {
+		raw[i] = [16]byte(id)
+	}
+	rows, err := s.w.pool.Query(ctx, endedRunsSQL, raw)
 	if err != nil {
-		return
+		if ctx.Err() == nil {
+			s.logger.Warn("pgflow: checking which runs ended failed", "error", err)
+		}
+		return nil
 	}
 	ended, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (RunID, error) {
 		var id [16]byte
 		err := r.Scan(&id)
 		return RunID(id), err
 	})
-	if err == nil && len(ended) > 0 {
-		s.cancelRuns(ended)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.logger.Warn("pgflow: checking which runs ended failed", "error", err)
+		}
+		return nil
 	}
+	return ended
 }
 
 // heartbeatLoop records that the worker is alive, and double-checks for

@@ -483,3 +483,50 @@ func TestGracefulShutdownReleasesTasks(t *testing.T) {
 		t.Fatalf("released tasks counted %d failed attempts", failures)
 	}
 }
+
+// TestSpoofedEndNotificationIsIgnored: anyone who can connect can NOTIFY;
+// a worker checks with the database before cancelling handlers.
+func TestSpoofedEndNotificationIsIgnored(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	flow := flakyFlow("spoofed", 1, time.Minute)
+	started := make(chan string, 2)
+	release := make(chan struct{})
+	ctxErr := make(chan error, 1)
+	e.startWorker(sdk.WorkerOptions{}, func(w *sdk.Worker) {
+		sdk.HandleStep(w, flow, "work", func(ctx context.Context, in string, _ struct{}) (string, error) {
+			started <- in
+			if in == "victim" {
+				<-release
+				ctxErr <- ctx.Err()
+			}
+			return in, nil
+		})
+	})
+	victim, err := flow.Start(e.ctx, e.client, "victim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := <-started; got != "victim" {
+		t.Fatalf("started %q", got)
+	}
+	payload := fmt.Sprintf(`{"status": "cancelled", "run_ids": [%q]}`, victim.ID())
+	if _, err := e.pool.Exec(e.ctx, "SELECT pg_notify('pgflow_runs', $1)", payload); err != nil {
+		t.Fatal(err)
+	}
+	// A second run's task notification arrives after the spoofed one on the
+	// worker's listener: once its handler starts, the spoof was handled.
+	if _, err := flow.Start(e.ctx, e.client, "marker"); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-started; got != "marker" {
+		t.Fatalf("started %q", got)
+	}
+	close(release)
+	if err := <-ctxErr; err != nil {
+		t.Fatalf("the victim's context ended (%v) on a spoofed notification", err)
+	}
+	if out, err := victim.Wait(e.waitCtx(30 * time.Second)); err != nil || out["work"] != "victim" {
+		t.Fatalf("victim: %v, %v", out, err)
+	}
+}

@@ -71,6 +71,7 @@ func run() int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	dataDir := ""
 	if url == "" {
 		fmt.Fprintln(os.Stderr, "pgflowbench: starting a throwaway PostgreSQL (default durability); set DATABASE_URL to use your own")
 		srv, err := throwawaypg.New(ctx, throwawaypg.Options{})
@@ -80,6 +81,7 @@ func run() int {
 		}
 		defer srv.Close()
 		url = srv.ConnString()
+		dataDir = srv.DataDir()
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -95,6 +97,7 @@ func run() int {
 		RSSWidth:    *rssWidth,
 		Concurrency: *concurrency,
 		Log:         os.Stderr,
+		DataDir:     dataDir,
 		WorkerCommand: func(databaseURL string, concurrency int) *exec.Cmd {
 			cmd := exec.Command(self, "-worker", "-concurrency", strconv.Itoa(concurrency))
 			cmd.Env = append(os.Environ(), "DATABASE_URL="+databaseURL)

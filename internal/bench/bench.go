@@ -46,6 +46,9 @@ type Config struct {
 	WorkerCommand func(databaseURL string, concurrency int) *exec.Cmd
 	// Log receives progress lines.
 	Log io.Writer
+	// DataDir is the server's data directory when the benchmark started the
+	// server itself; its processes' CPU time is then reported too.
+	DataDir string
 }
 
 // Result is one scenario's measurement; fields that do not apply are nil.
@@ -57,6 +60,8 @@ type Result struct {
 	P50ms        *float64 `json:"p50_ms"`
 	P99ms        *float64 `json:"p99_ms"`
 	RSSMB        *float64 `json:"rss_mb"`
+	WorkerCPU    *float64 `json:"worker_cpu_seconds,omitempty"` // user+system time of the worker process
+	ServerCPU    *float64 `json:"server_cpu_seconds,omitempty"` // user+system time of the PostgreSQL processes
 	SpawnSeconds *float64 `json:"spawn_seconds,omitempty"`
 	// CostRatio is, for the widest fanout, the drain time per task divided
 	// by that of the narrowest (1.0: perfectly linear).
@@ -84,6 +89,7 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	var results []Result
 	for _, sc := range cfg.Scenarios {
 		var rs []Result
+		before := serverCPU(cfg.DataDir)
 		switch sc {
 		case "runs":
 			rs, err = b.runs(ctx)
@@ -98,6 +104,10 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		}
 		if err != nil {
 			return results, fmt.Errorf("scenario %s: %w", sc, err)
+		}
+		if after := serverCPU(cfg.DataDir); before >= 0 && after >= 0 && len(rs) == 1 {
+			cpu := after - before
+			rs[0].ServerCPU = &cpu
 		}
 		results = append(results, rs...)
 	}
@@ -142,22 +152,23 @@ func (b *runner) startWorker(ctx context.Context) (*worker, error) {
 			return w, nil
 		}
 		if time.Now().After(deadline) {
-			_, _ = w.stop()
+			_, _, _ = w.stop()
 			return nil, errors.New("the worker process did not start within a minute")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
-// stop ends a worker process gracefully and returns its peak RSS in MB.
-func (w *worker) stop() (float64, error) {
+// stop ends a worker process gracefully and returns its peak RSS in MB
+// and the CPU time it used.
+func (w *worker) stop() (rss, cpu float64, err error) {
 	_ = w.stdin.Close()
-	err := w.cmd.Wait()
-	var rss float64
+	err = w.cmd.Wait()
 	if ru, ok := w.cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		rss = float64(ru.Maxrss) / 1024 // kilobytes on Linux
 	}
-	return rss, err
+	cpu = (w.cmd.ProcessState.UserTime() + w.cmd.ProcessState.SystemTime()).Seconds()
+	return rss, cpu, err
 }
 
 // runs starts single-step runs in batches of 1,000 while a worker drains
@@ -170,7 +181,7 @@ func (b *runner) runs(ctx context.Context) ([]Result, error) {
 	}
 	counter, err := newEndCounter(ctx, b.cfg.DatabaseURL)
 	if err != nil {
-		_, _ = w.stop()
+		_, _, _ = w.stop()
 		return nil, err
 	}
 	defer counter.close()
@@ -183,21 +194,22 @@ func (b *runner) runs(ctx context.Context) ([]Result, error) {
 			inputs[i] = json.RawMessage(`{"i":` + strconv.Itoa(done+i) + `}`)
 		}
 		if _, err := b.client.StartFlows(ctx, runsFlow.Slug, inputs); err != nil {
-			_, _ = w.stop()
+			_, _, _ = w.stop()
 			return nil, err
 		}
 		done += batch
 	}
 	if err := counter.waitFor(ctx, n); err != nil {
-		_, _ = w.stop()
+		_, _, _ = w.stop()
 		return nil, err
 	}
 	elapsed := time.Since(start)
-	rss, err := w.stop()
+	rss, cpu, err := w.stop()
 	if err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
-	return []Result{{Scenario: "runs", N: n, Seconds: elapsed.Seconds(), PerSecond: float64(n) / elapsed.Seconds(), RSSMB: &rss}}, nil
+	return []Result{{Scenario: "runs", N: n, Seconds: elapsed.Seconds(), PerSecond: float64(n) / elapsed.Seconds(),
+		RSSMB: &rss, WorkerCPU: &cpu}}, nil
 }
 
 // fanout starts one run per width whose only step fans out over that many
@@ -230,22 +242,22 @@ func (b *runner) oneFanout(ctx context.Context, width int) (Result, error) {
 	start := time.Now()
 	id, err := b.client.StartFlow(ctx, fanoutFlow.Slug, input)
 	if err != nil {
-		_, _ = w.stop()
+		_, _, _ = w.stop()
 		return Result{}, err
 	}
 	spawned := time.Since(start)
 	if _, err := b.client.WaitRun(ctx, id); err != nil {
-		_, _ = w.stop()
+		_, _, _ = w.stop()
 		return Result{}, err
 	}
 	drain := time.Since(start) - spawned
-	rss, err := w.stop()
+	rss, cpu, err := w.stop()
 	if err != nil {
 		return Result{}, fmt.Errorf("worker: %w", err)
 	}
 	spawnSeconds := spawned.Seconds()
 	return Result{Scenario: "fanout", N: width, Seconds: drain.Seconds(), PerSecond: float64(width) / drain.Seconds(),
-		SpawnSeconds: &spawnSeconds, RSSMB: &rss}, nil
+		SpawnSeconds: &spawnSeconds, RSSMB: &rss, WorkerCPU: &cpu}, nil
 }
 
 // chainLatency starts 3-step chains one after another on an idle worker
@@ -255,7 +267,7 @@ func (b *runner) chainLatency(ctx context.Context) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _, _ = w.stop() }()
+	defer func() { _, _, _ = w.stop() }()
 	// Warm up connections and plans.
 	for range 10 {
 		if err := b.oneChain(ctx); err != nil {

@@ -99,6 +99,11 @@ func Migrate(ctx context.Context, db Querier) (int, error) {
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", advisoryLockKey); err != nil {
 		return 0, fmt.Errorf("pgflow migrate: take advisory lock: %w", err)
 	}
+	// An up-to-date schema needs nothing, not even the right to create a
+	// schema: roles that only run workers may call Migrate at start-up.
+	if current, err := Version(ctx, tx); err == nil && current == len(ms) {
+		return current, tx.Commit(ctx)
+	}
 	if _, err := tx.Exec(ctx, bookkeepingSQL); err != nil {
 		return 0, fmt.Errorf("pgflow migrate: create bookkeeping table: %w", err)
 	}
