@@ -89,7 +89,6 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	var results []Result
 	for _, sc := range cfg.Scenarios {
 		var rs []Result
-		before := serverCPU(cfg.DataDir)
 		switch sc {
 		case "runs":
 			rs, err = b.runs(ctx)
@@ -105,10 +104,6 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		if err != nil {
 			return results, fmt.Errorf("scenario %s: %w", sc, err)
 		}
-		if after := serverCPU(cfg.DataDir); before >= 0 && after >= 0 && len(rs) == 1 {
-			cpu := after - before
-			rs[0].ServerCPU = &cpu
-		}
 		results = append(results, rs...)
 	}
 	return results, nil
@@ -118,6 +113,18 @@ type runner struct {
 	cfg    Config
 	pool   *pgxpool.Pool
 	client *sdk.Client
+}
+
+// serverCPUSince returns the server's CPU seconds since mark (see
+// serverCPU), or nil when they cannot be read. Read it while the worker
+// still runs: the CPU time of backends that have exited is not counted.
+func (b *runner) serverCPUSince(mark float64) *float64 {
+	now := serverCPU(b.cfg.DataDir)
+	if mark < 0 || now < 0 {
+		return nil
+	}
+	d := now - mark
+	return &d
 }
 
 func (b *runner) logf(format string, args ...any) {
@@ -186,6 +193,7 @@ func (b *runner) runs(ctx context.Context) ([]Result, error) {
 	}
 	defer counter.close()
 	b.logf("runs: starting %d single-step runs in batches of 1,000", n)
+	cpuMark := serverCPU(b.cfg.DataDir)
 	start := time.Now()
 	for done := 0; done < n; {
 		batch := min(1000, n-done)
@@ -204,12 +212,13 @@ func (b *runner) runs(ctx context.Context) ([]Result, error) {
 		return nil, err
 	}
 	elapsed := time.Since(start)
+	serverCPU := b.serverCPUSince(cpuMark)
 	rss, cpu, err := w.stop()
 	if err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
 	return []Result{{Scenario: "runs", N: n, Seconds: elapsed.Seconds(), PerSecond: float64(n) / elapsed.Seconds(),
-		RSSMB: &rss, WorkerCPU: &cpu}}, nil
+		RSSMB: &rss, WorkerCPU: &cpu, ServerCPU: serverCPU}}, nil
 }
 
 // fanout starts one run per width whose only step fans out over that many
@@ -239,6 +248,7 @@ func (b *runner) oneFanout(ctx context.Context, width int) (Result, error) {
 	}
 	input := fanoutInput(width)
 	b.logf("fanout: %d items", width)
+	cpuMark := serverCPU(b.cfg.DataDir)
 	start := time.Now()
 	id, err := b.client.StartFlow(ctx, fanoutFlow.Slug, input)
 	if err != nil {
@@ -251,13 +261,14 @@ func (b *runner) oneFanout(ctx context.Context, width int) (Result, error) {
 		return Result{}, err
 	}
 	drain := time.Since(start) - spawned
+	serverCPU := b.serverCPUSince(cpuMark)
 	rss, cpu, err := w.stop()
 	if err != nil {
 		return Result{}, fmt.Errorf("worker: %w", err)
 	}
 	spawnSeconds := spawned.Seconds()
 	return Result{Scenario: "fanout", N: width, Seconds: drain.Seconds(), PerSecond: float64(width) / drain.Seconds(),
-		SpawnSeconds: &spawnSeconds, RSSMB: &rss, WorkerCPU: &cpu}, nil
+		SpawnSeconds: &spawnSeconds, RSSMB: &rss, WorkerCPU: &cpu, ServerCPU: serverCPU}, nil
 }
 
 // chainLatency starts 3-step chains one after another on an idle worker
@@ -276,6 +287,7 @@ func (b *runner) chainLatency(ctx context.Context) ([]Result, error) {
 	}
 	b.logf("chain-latency: %d chains of 3 steps, one at a time", b.cfg.Chains)
 	lat := make([]float64, 0, b.cfg.Chains)
+	cpuMark := serverCPU(b.cfg.DataDir)
 	start := time.Now()
 	for range b.cfg.Chains {
 		t0 := time.Now()
@@ -285,10 +297,11 @@ func (b *runner) chainLatency(ctx context.Context) ([]Result, error) {
 		lat = append(lat, float64(time.Since(t0).Microseconds())/1000)
 	}
 	elapsed := time.Since(start)
+	serverCPU := b.serverCPUSince(cpuMark)
 	slices.Sort(lat)
 	p50, p99 := percentile(lat, 0.50), percentile(lat, 0.99)
 	return []Result{{Scenario: "chain-latency", N: b.cfg.Chains, Seconds: elapsed.Seconds(),
-		PerSecond: float64(b.cfg.Chains) / elapsed.Seconds(), P50ms: &p50, P99ms: &p99}}, nil
+		PerSecond: float64(b.cfg.Chains) / elapsed.Seconds(), P50ms: &p50, P99ms: &p99, ServerCPU: serverCPU}}, nil
 }
 
 func (b *runner) oneChain(ctx context.Context) error {

@@ -113,7 +113,7 @@ CREATE TABLE pgflow.runs (
   error_message    text,
   started_at       timestamptz NOT NULL DEFAULT now(),
   ended_at         timestamptz
-);
+) WITH (fillfactor = 70);  -- room for the updates of a run's progress to stay on its page (HOT)
 CREATE INDEX runs_flow_slug_idx ON pgflow.runs (flow_slug, started_at);
 
 CREATE TABLE pgflow.step_states (
@@ -991,42 +991,45 @@ BEGIN
   -- many there are: told "100", it prices a TID scan above a sequential scan
   -- of a small task table.
   RETURN QUERY
-  WITH claimed AS (
-    UPDATE pgflow.step_tasks t
-    SET (status, attempt, failures, error_message, visible_at, started_at, ended_at, worker_id) = (
-      -- Always one row: a task whose run or step definition is gone (deleted
-      -- by hand) is cancelled instead of breaking the claim.
-      SELECT CASE WHEN r.status = 'started' AND so.timeout IS NOT NULL THEN 'started' ELSE 'cancelled' END,
-             t.attempt + 1,
-             t.failures + (t.status = 'started')::int,
-             CASE WHEN t.status = 'started'
-                  THEN format('timeout: attempt %s did not finish within %s', t.attempt, so.timeout)
-                  ELSE t.error_message END,
-             -- The lease; when another attempt would remain after this one,
-             -- it also holds the retry delay that a timeout incurs.
-             coalesce(now() + so.timeout + coalesce(claim_tasks.lease_grace, interval '2 seconds')
-                        + CASE WHEN t.failures + (t.status = 'started')::int + 1 < so.max_attempts
-                               THEN pgflow._retry_delay(so.base_delay, t.failures + (t.status = 'started')::int + 1)
-                               ELSE interval '0' END,
-                      now()),
-             now(),
-             CASE WHEN r.status = 'started' AND so.timeout IS NOT NULL THEN NULL ELSE now() END,
-             claim_tasks.worker_id
-      FROM (SELECT) one
-      LEFT JOIN pgflow.step_options so ON so.flow_slug = t.flow_slug AND so.step_slug = t.step_slug
-      LEFT JOIN pgflow.runs r ON r.run_id = t.run_id)
-    WHERE t.ctid = ANY (ARRAY(SELECT unnest(v_expired || v_queued)))
-    RETURNING t.run_id, t.flow_slug, t.step_slug, t.task_index, t.attempt, t.status, t.item
-  ), wanted AS (
-    SELECT so.flow_slug, so.step_slug, so.step_type, so.deps_count, so.timeout, bool_or(coalesce(w.with_run, true)) AS with_run
+  WITH opts AS MATERIALIZED (
+    -- Each requested step's options, computed once, not once per task.
+    SELECT so.flow_slug, so.step_slug, so.step_type, so.deps_count, so.timeout, so.max_attempts, so.base_delay,
+           bool_or(coalesce(w.with_run, true)) AS with_run
     FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs, claim_tasks.with_run_input)
          AS w(flow_slug, step_slug, with_run)
     JOIN pgflow.step_options so ON so.flow_slug = w.flow_slug AND so.step_slug = w.step_slug
-    GROUP BY so.flow_slug, so.step_slug, so.step_type, so.deps_count, so.timeout
+    GROUP BY so.flow_slug, so.step_slug, so.step_type, so.deps_count, so.timeout, so.max_attempts, so.base_delay
+  ), claimed AS (
+    UPDATE pgflow.step_tasks t
+    SET (status, attempt, failures, error_message, visible_at, started_at, ended_at, worker_id) = (
+      -- A task whose run is gone (deleted by hand) or ended is cancelled
+      -- instead of handed out.
+      SELECT CASE WHEN r.status = 'started' THEN 'started' ELSE 'cancelled' END,
+             t.attempt + 1,
+             t.failures + (t.status = 'started')::int,
+             CASE WHEN t.status = 'started'
+                  THEN format('timeout: attempt %s did not finish within %s', t.attempt, o.timeout)
+                  ELSE t.error_message END,
+             -- The lease; when another attempt would remain after this one,
+             -- it also holds the retry delay that a timeout incurs.
+             now() + o.timeout + coalesce(claim_tasks.lease_grace, interval '2 seconds')
+               + CASE WHEN t.failures + (t.status = 'started')::int + 1 < o.max_attempts
+                      THEN pgflow._retry_delay(o.base_delay, t.failures + (t.status = 'started')::int + 1)
+                      ELSE interval '0' END,
+             now(),
+             CASE WHEN r.status = 'started' THEN NULL ELSE now() END,
+             claim_tasks.worker_id
+      FROM (SELECT) one
+      LEFT JOIN pgflow.runs r ON r.run_id = t.run_id)
+    FROM opts o
+    WHERE t.ctid = ANY (ARRAY(SELECT unnest(v_expired || v_queued)))
+      AND o.flow_slug = t.flow_slug AND o.step_slug = t.step_slug
+    RETURNING t.run_id, t.flow_slug, t.step_slug, t.task_index, t.attempt, t.status, t.item,
+              o.timeout, o.step_type, o.deps_count, o.with_run
   )
-  SELECT c.run_id, c.flow_slug, c.step_slug, c.task_index, c.attempt, w.timeout,
-         CASE WHEN w.with_run THEN (SELECT r.input FROM pgflow.runs r WHERE r.run_id = c.run_id) END,
-         CASE WHEN w.step_type = 'single' AND w.deps_count > 0 THEN
+  SELECT c.run_id, c.flow_slug, c.step_slug, c.task_index, c.attempt, c.timeout,
+         CASE WHEN c.with_run THEN (SELECT r.input FROM pgflow.runs r WHERE r.run_id = c.run_id) END,
+         CASE WHEN c.step_type = 'single' AND c.deps_count > 0 THEN
            (SELECT jsonb_object_agg(d.dep_slug, ss.output)
             FROM pgflow.deps d
             JOIN pgflow.step_states ss ON ss.run_id = c.run_id AND ss.step_slug = d.dep_slug
@@ -1034,7 +1037,6 @@ BEGIN
          END,
          c.item
   FROM claimed c
-  JOIN wanted w ON w.flow_slug = c.flow_slug AND w.step_slug = c.step_slug
   WHERE c.status = 'started';
 END $$;
 
@@ -1053,6 +1055,12 @@ BEGIN
   WITH c AS (
     SELECT * FROM unnest(p_run_ids, p_step_slugs, p_task_indexes, p_attempts, p_outputs)
              AS c(run_id, step_slug, task_index, attempt, output)
+  ), kinds AS MATERIALIZED (
+    -- The batch's steps and whether each is a fanout, looked up once.
+    SELECT DISTINCT ss.run_id, ss.step_slug, s.step_type
+    FROM (SELECT DISTINCT c.run_id, c.step_slug FROM c) k
+    JOIN pgflow.step_states ss ON ss.run_id = k.run_id AND ss.step_slug = k.step_slug
+    JOIN pgflow.steps s ON s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug
   ), done AS (
     -- A fanout task keeps its output for the aggregate; a single step's
     -- output goes to its step state. A task whose run has ended (a race
@@ -1061,17 +1069,15 @@ BEGIN
     SET (status, ended_at, output) = (
           SELECT CASE WHEN r.status = 'started' THEN 'completed' ELSE 'cancelled' END,
                  now(),
-                 CASE WHEN s.step_type = 'fanout' AND r.status = 'started'
+                 CASE WHEN k.step_type = 'fanout' AND r.status = 'started'
                       THEN coalesce(c.output, 'null'::jsonb) END
           FROM (SELECT) one
-          LEFT JOIN pgflow.runs r ON r.run_id = t.run_id
-          LEFT JOIN pgflow.steps s ON s.flow_slug = t.flow_slug AND s.step_slug = t.step_slug)
-    FROM c
+          LEFT JOIN pgflow.runs r ON r.run_id = t.run_id)
+    FROM c, kinds k
     WHERE t.run_id = c.run_id AND t.step_slug = c.step_slug AND t.task_index = c.task_index
       AND t.attempt = c.attempt AND (t.status = 'started') IS TRUE
-    RETURNING t.run_id, t.step_slug,
-              (SELECT s.step_type FROM pgflow.steps s WHERE s.flow_slug = t.flow_slug AND s.step_slug = t.step_slug) AS step_type,
-              t.status, coalesce(c.output, 'null'::jsonb) AS output
+      AND k.run_id = c.run_id AND k.step_slug = c.step_slug
+    RETURNING t.run_id, t.step_slug, k.step_type, t.status, coalesce(c.output, 'null'::jsonb) AS output
   ), counted AS (
     SELECT done.run_id, done.step_slug, count(*)::int AS n,
            bool_and(done.step_type = 'single') AS single,
