@@ -2,6 +2,7 @@ package schema_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +23,84 @@ func TestClaimUsesTheQueueIndex(t *testing.T) {
 	e.start("plans", `[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]`)
 	e.exec(`VACUUM ANALYZE pgflow.step_tasks`)
 
+	conn, plans := explainingConn(t, e)
+	// Several calls, so that PL/pgSQL's plan cache may switch to generic plans.
+	for range 8 {
+		if got := claimOn(t, e.ctx, conn, 1, "plans.each"); len(got) != 1 {
+			t.Fatalf("claimed %d", len(got))
+		}
+	}
+	var sawQueueIndex, sawTIDUpdate bool
+	for _, p := range plans() {
+		if strings.Contains(p, "Seq Scan on step_tasks") {
+			t.Errorf("a claim statement scans the task table:\n%s", p)
+		}
+		sawQueueIndex = sawQueueIndex || strings.Contains(p, "step_tasks_queued_idx")
+		sawTIDUpdate = sawTIDUpdate || (strings.Contains(p, "Update on step_tasks") && strings.Contains(p, "Tid Scan on step_tasks"))
+	}
+	if !sawQueueIndex {
+		t.Errorf("no claim plan used step_tasks_queued_idx; plans:\n%s", strings.Join(plans(), "\n"))
+	}
+	if !sawTIDUpdate {
+		t.Errorf("the claim's update does not reach its tasks by address; plans:\n%s", strings.Join(plans(), "\n"))
+	}
+}
+
+// TestYoungTablesGetKeyedPlans runs chains on a database whose tables are
+// new and never analyzed, the state in which the planner prices a scan of a
+// whole table below an index lookup, and checks that no statement of the
+// start, claim or completion path scans a runtime table: plans are made
+// once per connection and kept while the tables grow.
+func TestYoungTablesGetKeyedPlans(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("young", "", step{slug: "a"}, step{slug: "b", deps: []string{"a"}}, step{slug: "c", deps: []string{"b"}})
+	conn, plans := explainingConn(t, e)
+	for range 8 {
+		var run string
+		if err := conn.QueryRow(e.ctx, `SELECT pgflow.start_flow('young', '{}')::text`).Scan(&run); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"a", "b", "c"} {
+			got := claimOn(t, e.ctx, conn, 10, "young.a", "young.b", "young.c")
+			if len(got) != 1 || got[0].Step != want {
+				t.Fatalf("claimed %+v, want one task of %s", got, want)
+			}
+			var applied int
+			err := conn.QueryRow(e.ctx, `SELECT pgflow.complete_tasks(ARRAY[$1::uuid], ARRAY[$2], ARRAY[$3::int], ARRAY[$4::int], ARRAY['1'::jsonb])`,
+				got[0].RunID, got[0].Step, got[0].Index, got[0].Attempt).Scan(&applied)
+			if err != nil || applied != 1 {
+				t.Fatalf("complete %s: applied %d, %v", want, applied, err)
+			}
+		}
+		if r := e.run(run); r.Status != "completed" {
+			t.Fatalf("run %s", r.Status)
+		}
+	}
+	claimUpdates := 0
+	for _, p := range plans() {
+		if strings.Contains(p, "Update on step_tasks") && strings.Contains(p, "claim_tasks.worker_id") {
+			claimUpdates++
+			if !strings.Contains(p, "Tid Scan on step_tasks") {
+				t.Errorf("the claim's update does not reach its tasks by address:\n%s", p)
+			}
+		}
+		for _, table := range []string{"runs", "step_states", "step_tasks"} {
+			if strings.Contains(p, "Seq Scan on "+table+" ") {
+				t.Errorf("a statement scans %s:\n%s", table, p)
+			}
+		}
+	}
+	if claimUpdates == 0 {
+		t.Error("no plan of the claim's update was logged")
+	}
+}
+
+// explainingConn opens a connection that logs the plan of every statement
+// it runs, nested ones included, and returns it with a function that lists
+// the plans logged so far. The test is skipped without auto_explain.
+func explainingConn(t *testing.T, e *engine) (*pgx.Conn, func() []string) {
+	t.Helper()
 	var mu sync.Mutex
 	var plans []string
 	cfg, err := pgx.ParseConfig(e.pool.Config().ConnString())
@@ -37,7 +116,7 @@ func TestClaimUsesTheQueueIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(context.Background())
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
 	for _, s := range []string{
 		"LOAD 'auto_explain'",
 		"SET auto_explain.log_min_duration = 0",
@@ -48,22 +127,9 @@ func TestClaimUsesTheQueueIndex(t *testing.T) {
 			t.Skipf("auto_explain unavailable: %v", err)
 		}
 	}
-	// Several calls, so that PL/pgSQL's plan cache may switch to generic plans.
-	for range 8 {
-		if got := claimOn(t, e.ctx, conn, 1, "plans.each"); len(got) != 1 {
-			t.Fatalf("claimed %d", len(got))
-		}
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	var sawQueueIndex bool
-	for _, p := range plans {
-		if strings.Contains(p, "Seq Scan on step_tasks") {
-			t.Errorf("a claim statement scans the task table:\n%s", p)
-		}
-		sawQueueIndex = sawQueueIndex || strings.Contains(p, "step_tasks_queued_idx")
-	}
-	if !sawQueueIndex {
-		t.Errorf("no claim plan used step_tasks_queued_idx; plans:\n%s", strings.Join(plans, "\n"))
+	return conn, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(plans)
 	}
 }

@@ -42,7 +42,8 @@ var definerFunctions = []string{
 	"start_flows", "update_flow_options", "update_step_options", "worker_heartbeat", "worker_stopped",
 }
 
-// genericPlanFunctions got plan_cache_mode = force_generic_plan in version 1.
+// genericPlanFunctions got plan_cache_mode = force_generic_plan and
+// enable_seqscan = off in version 1.
 var genericPlanFunctions = []string{
 	"cancel_run", "claim_tasks", "complete_tasks", "fail_tasks", "next_visible_at", "release_tasks", "start_flows",
 }
@@ -192,8 +193,9 @@ func TestPrivilegeCatalog(t *testing.T) {
 				t.Errorf("pgflow.%s is SECURITY DEFINER with settings %q: its search_path is not pinned", f.Name, f.Config)
 			}
 		}
-		if slices.Contains(genericPlanFunctions, f.Name) && !slices.Contains(f.Config, "plan_cache_mode=force_generic_plan") {
-			t.Errorf("pgflow.%s lost plan_cache_mode: settings %q", f.Name, f.Config)
+		if slices.Contains(genericPlanFunctions, f.Name) &&
+			(!slices.Contains(f.Config, "plan_cache_mode=force_generic_plan") || !slices.Contains(f.Config, "enable_seqscan=off")) {
+			t.Errorf("pgflow.%s lost its plan settings: settings %q", f.Name, f.Config)
 		}
 	}
 	if diff := cmp.Diff(definerFunctions, definers); diff != "" {

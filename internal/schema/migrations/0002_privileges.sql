@@ -10,7 +10,7 @@
 --     operators and functions, gen_random_uuid, pg_notify - lives in
 --     pg_catalog), so a caller's search_path cannot redirect what they run
 --     as the owner. ALTER FUNCTION ... SET adds to a function's settings:
---     the plan_cache_mode set in version 1 stays.
+--     the plan settings made in version 1 stay.
 --   * The internal helpers (names starting with "_") stay SECURITY INVOKER
 --     with no settings of their own: they are called only from the API
 --     functions, and then run as the owner with the pinned search_path of
