@@ -7,6 +7,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -141,18 +142,74 @@ func keys(rs []result) (runs [][16]byte, steps []string, indexes, attempts []int
 	return runs, steps, indexes, attempts
 }
 
+// sendCompletions reports completions. While the worker claims, the same
+// round trip and transaction also claim tasks for the free slots: a
+// completion that queues the next step's task hands it straight back to
+// this worker, without waiting for the notification and a separate claim.
 func (s *session) sendCompletions(ctx context.Context, rs []result) error {
 	runs, steps, indexes, attempts := keys(rs)
 	outputs := make([]string, len(rs))
 	for i, r := range rs {
 		outputs[i] = string(r.output)
 	}
-	var applied int
-	err := s.w.pool.QueryRow(ctx, completeSQL, runs, steps, indexes, attempts, outputs).Scan(&applied)
+	args := []any{runs, steps, indexes, attempts, outputs}
+	var (
+		applied int
+		err     error
+	)
+	if n := s.reserveForReport(); n > 0 {
+		applied, err = s.completeAndClaim(ctx, args, n)
+		if err != nil && isDataError(err) {
+			// Retried alone: the completion is blamed for an error only
+			// when it gets the error without the claim.
+			err = s.w.pool.QueryRow(ctx, completeSQL, args...).Scan(&applied)
+		}
+	} else {
+		err = s.w.pool.QueryRow(ctx, completeSQL, args...).Scan(&applied)
+	}
 	if err == nil && applied < len(rs) {
 		s.logger.Debug("pgflow: late results fenced out", "count", len(rs)-applied)
 	}
 	return err
+}
+
+// completeAndClaim runs completeSQL with args and a claim of up to n tasks
+// (n slots reserved) in one round trip and one transaction: a batch runs
+// in an implicit transaction, so when either statement fails, neither
+// takes effect. It starts the claimed tasks and returns how many
+// completions applied.
+func (s *session) completeAndClaim(ctx context.Context, args []any, n int) (int, error) {
+	var (
+		applied int
+		claimed []claimed
+	)
+	b := &pgx.Batch{}
+	b.Queue(completeSQL, args...).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&applied)
+	})
+	b.Queue(claimSQL, s.claimArgs(n)...).Query(func(rows pgx.Rows) error {
+		var err error
+		claimed, err = scanClaimed(rows)
+		return err
+	})
+	err := s.w.pool.SendBatch(ctx, b).Close()
+	if err != nil {
+		claimed = nil
+	}
+	s.startClaimed(claimed, n)
+	if len(claimed) == n {
+		signal(s.wake) // more may be waiting
+	}
+	return applied, err
+}
+
+// reserveForReport reserves the free slots for a claim that goes with a
+// report; none once the worker has stopped claiming.
+func (s *session) reserveForReport() int {
+	if !s.claiming.Load() {
+		return 0
+	}
+	return s.reserve(1)
 }
 
 func (s *session) sendFailures(ctx context.Context, rs []result) error {

@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -42,9 +43,13 @@ type session struct {
 	inflight map[taskKey]*inflight
 	// ended remembers, for a while, runs the worker heard have ended: a
 	// claim racing the end can still hand out one of their tasks.
-	ended   map[RunID]time.Time
-	running int           // occupied handler slots
-	drained chan struct{} // signalled when running drops to 0
+	ended    map[RunID]time.Time
+	running  int           // occupied handler slots
+	reserved int           // slots held for a claim in flight
+	drained  chan struct{} // signalled when running drops to 0
+	// claiming is true while the claim loop runs; results are reported
+	// together with a claim only then.
+	claiming atomic.Bool
 
 	wake      chan struct{} // wakes the claim loop: tasks may be claimable
 	freed     chan struct{} // wakes the claim loop: a slot freed
@@ -160,7 +165,9 @@ func (s *session) run(ctx context.Context) {
 
 	s.logger.Info("pgflow: worker started", "worker_id", s.w.ID().String(), "concurrency", s.opts.Concurrency,
 		"steps", len(s.stepSlugs))
+	s.claiming.Store(true)
 	s.claimLoop(ctx)
+	s.claiming.Store(false)
 
 	// Shutdown: stop claiming (done), wait for handlers, then take back
 	// what is still running and report everything.
@@ -195,7 +202,6 @@ func (s *session) claimLoop(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		free := s.opts.Concurrency - s.runningCount()
 		// With a backlog, wait for a few slots to free up so that claims
 		// come in batches rather than one task per statement.
 		threshold := 1
@@ -203,9 +209,12 @@ func (s *session) claimLoop(ctx context.Context) {
 			threshold = max(1, min(s.opts.MaxClaim, s.opts.Concurrency/4))
 		}
 		wait := s.opts.PollInterval
-		if free >= threshold {
-			n := min(free, s.opts.MaxClaim)
+		if n := s.reserve(threshold); n > 0 {
 			claimed, err := s.claim(ctx, n)
+			if err != nil {
+				claimed = nil // the tasks of a failed claim go back when their leases expire
+			}
+			s.startClaimed(claimed, n)
 			switch {
 			case err != nil && ctx.Err() != nil:
 				return
@@ -215,9 +224,6 @@ func (s *session) claimLoop(ctx context.Context) {
 				continue
 			}
 			b.reset()
-			for _, c := range claimed {
-				s.start(c)
-			}
 			backlog = len(claimed) == n
 			if backlog {
 				continue
@@ -258,11 +264,48 @@ type claimed struct {
 	timeout time.Duration
 }
 
+// reserve holds free handler slots for a claim: as many as are free, up
+// to MaxClaim, or none when fewer than least are free. The claim loop and
+// the flusher both claim; reserving keeps them from handing out the same
+// slots. startClaimed gives the reservation back.
+func (s *session) reserve(least int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	free := s.opts.Concurrency - s.running - s.reserved
+	if free < max(least, 1) {
+		return 0
+	}
+	n := min(free, s.opts.MaxClaim)
+	s.reserved += n
+	return n
+}
+
+// startClaimed starts the tasks of a claim made with n reserved slots
+// and returns the reservation.
+func (s *session) startClaimed(claimed []claimed, n int) {
+	for _, c := range claimed {
+		s.start(c)
+	}
+	s.mu.Lock()
+	s.reserved -= n
+	s.mu.Unlock()
+}
+
+// claimArgs are the arguments of claimSQL for n tasks.
+func (s *session) claimArgs(n int) []any {
+	return []any{s.w.id, s.flowSlugs, s.stepSlugs, n, s.withRun, s.opts.LeaseGrace}
+}
+
 func (s *session) claim(ctx context.Context, n int) ([]claimed, error) {
-	rows, err := s.w.pool.Query(ctx, claimSQL, s.w.id, s.flowSlugs, s.stepSlugs, n, s.withRun, s.opts.LeaseGrace)
+	rows, err := s.w.pool.Query(ctx, claimSQL, s.claimArgs(n)...)
 	if err != nil {
 		return nil, err
 	}
+	return scanClaimed(rows)
+}
+
+// scanClaimed reads the rows of claimSQL.
+func scanClaimed(rows pgx.Rows) ([]claimed, error) {
 	var (
 		out                  []claimed
 		run                  [16]byte
@@ -271,7 +314,7 @@ func (s *session) claim(ctx context.Context, n int) ([]claimed, error) {
 		timeout              time.Duration
 		runInput, deps, item []byte
 	)
-	_, err = pgx.ForEachRow(rows, []any{&run, &step, &index, &attempt, &timeout, &runInput, &deps, &item, &flow}, func() error {
+	_, err := pgx.ForEachRow(rows, []any{&run, &step, &index, &attempt, &timeout, &runInput, &deps, &item, &flow}, func() error {
 		out = append(out, claimed{
 			task: &Task{RunID: RunID(run), Flow: flow, Step: step, Index: index, Attempt: attempt,
 				runInput: cloneBytes(runInput), deps: cloneBytes(deps), item: cloneBytes(item)},

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgflow-go/pgflow/sdk"
 )
 
@@ -30,29 +32,75 @@ func TestWorkerKilledMidTask(t *testing.T) {
 
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	killed := map[int]bool{}
+	held := map[int]bool{} // elements whose attempt died with a worker
 	for k := range kills {
-		// Kill after some progress, at a random moment within it.
-		target := (k + 1) * n / (kills + 2)
+		// Kill, after a random amount of progress that leaves work to do,
+		// a worker that holds tasks at that moment.
+		slot := n / (kills + 2)
+		target := (k+1)*slot + rng.IntN(slot/2)
 		c.waitFor("progress before a kill", 2*time.Minute, func() bool { return c.completed(id, "each") >= target })
-		time.Sleep(time.Duration(rng.IntN(200)) * time.Millisecond)
-		i := rng.IntN(len(workers))
-		killed[workers[i].pid()] = true
+		var i int
+		c.waitFor("a worker holding tasks", time.Minute, func() bool {
+			var busy []int
+			for j, w := range workers {
+				if len(c.heldBy(id, w.workerID(t))) > 0 {
+					busy = append(busy, j)
+				}
+			}
+			if len(busy) == 0 {
+				return false
+			}
+			i = busy[rng.IntN(len(busy))]
+			return true
+		})
+		victim, pid := workers[i].workerID(t), workers[i].pid()
+		killed[pid] = true
 		workers[i].signal(t, syscall.SIGKILL, 10*time.Second)
+		// A report the worker sent just before dying may still commit:
+		// see what it held once its sessions have gone.
+		c.waitFor("the killed worker's sessions to end", time.Minute, func() bool {
+			var sessions int
+			err := c.pool.QueryRow(c.ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+				workerAppName(pid)).Scan(&sessions)
+			return err == nil && sessions == 0
+		})
+		for _, idx := range c.heldBy(id, victim) {
+			held[idx] = true
+		}
 		workers[i] = c.startWorker(cfg)
 	}
 	out := c.wait(id, 5*time.Minute)
 	dups := c.checkFanout(id, out, n, killed, nil)
 
-	var timeouts int
-	if err := c.pool.QueryRow(c.ctx, "SELECT count(*) FROM pgflow.step_tasks WHERE run_id = $1 AND error_message LIKE 'timeout%'",
-		[16]byte(id)).Scan(&timeouts); err != nil {
+	// Every attempt that died with its worker was taken over once its
+	// lease expired, and counted as a timeout.
+	if len(held) == 0 {
+		t.Fatal("the killed workers held no task when they died")
+	}
+	rows, err := c.pool.Query(c.ctx, "SELECT task_index, attempt, coalesce(error_message, '') FROM pgflow.step_tasks WHERE run_id = $1",
+		[16]byte(id))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if timeouts == 0 {
-		t.Fatal("no attempt was retried after its lease expired, yet workers were killed mid-task")
+	var (
+		idx, attempt int
+		message      string
+		timeouts     int
+	)
+	if _, err := pgx.ForEachRow(rows, []any{&idx, &attempt, &message}, func() error {
+		timedOut := strings.HasPrefix(message, "timeout")
+		if timedOut {
+			timeouts++
+		}
+		if held[idx] && (!timedOut || attempt < 2) {
+			t.Errorf("element %d died with a killed worker, yet has attempt %d and message %q", idx, attempt, message)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("%d elements, 3 workers, %d killed with SIGKILL; %d attempts retried after lease expiry; %d side effects repeated, all by killed attempts",
-		n, kills, timeouts, dups)
+	t.Logf("%d elements, 3 workers, %d killed with SIGKILL holding %d tasks; %d attempts retried after lease expiry; %d side effects repeated, all by killed attempts",
+		n, kills, len(held), timeouts, dups)
 }
 
 // 2. Postgres restart mid-run (fast shutdown, start on the same port):

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -157,6 +158,37 @@ func (p *proc) signal(t *testing.T, sig syscall.Signal, wait time.Duration) {
 			t.Fatalf("worker %d did not exit within %s of %s", p.pid(), wait, sig)
 		}
 	}
+}
+
+// workerID reads the worker's id from its log, waiting for the line.
+func (p *proc) workerID(t *testing.T) string {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if m := workerIDPattern.FindStringSubmatch(p.logText()); m != nil {
+			return m[1]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("worker %d logged no worker id within a minute:\n%s", p.pid(), p.logText())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+var workerIDPattern = regexp.MustCompile(`worker started" worker_id=([0-9a-f-]{36})`)
+
+// heldBy lists the elements of a run whose current attempt a worker holds.
+func (c *cluster) heldBy(run sdk.RunID, workerID string) []int {
+	rows, err := c.pool.Query(c.ctx, "SELECT task_index FROM pgflow.step_tasks WHERE run_id = $1 AND worker_id = $2 AND status = 'started'",
+		[16]byte(run), workerID)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	idx, err := pgx.CollectRows(rows, pgx.RowTo[int])
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return idx
 }
 
 func (p *proc) logText() string {

@@ -112,6 +112,9 @@ type largeInput struct {
 	ItemBytes int `json:"item_bytes"`
 }
 
+// workerAppName is the application_name of a worker process's sessions.
+func workerAppName(pid int) string { return fmt.Sprintf("faults-worker-%d", pid) }
+
 // workerMain runs a worker until SIGTERM/SIGINT (graceful) or SIGKILL.
 func workerMain() int {
 	cfg, err := readWorkerConfig()
@@ -121,7 +124,14 @@ func workerMain() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	pool, err := pgxpool.New(context.Background(), cfg.DatabaseURL)
+	poolConfig, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pool:", err)
+		return 1
+	}
+	// The tests tell this worker's sessions apart by their name.
+	poolConfig.ConnConfig.RuntimeParams["application_name"] = workerAppName(os.Getpid())
+	pool, err := pgxpool.NewWithConfig(context.Background(), poolConfig)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pool:", err)
 		return 1

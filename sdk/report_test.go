@@ -1,0 +1,131 @@
+package sdk_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgflow-go/pgflow/sdk"
+)
+
+// TestConcurrencyIsACap drains a fanout of quick tasks, where reports and
+// claims go together, and checks that no more handlers than Concurrency
+// ever run at once.
+func TestConcurrencyIsACap(t *testing.T) {
+	t.Parallel()
+	const limit, n = 3, 300
+	e := newEnv(t)
+	flow := sdk.NewFlow[[]int, struct {
+		Each []int `json:"each"`
+	}](sdk.FlowSpec{Slug: "capped", Steps: []sdk.StepSpec{{Slug: "each", Fanout: true}}})
+	var running, most atomic.Int32
+	e.startWorker(sdk.WorkerOptions{Concurrency: limit}, func(w *sdk.Worker) {
+		sdk.HandleFanout(w, flow, "each", func(ctx context.Context, i int) (int, error) {
+			now := running.Add(1)
+			defer running.Add(-1)
+			for {
+				m := most.Load()
+				if now <= m || most.CompareAndSwap(m, now) {
+					break
+				}
+			}
+			time.Sleep(time.Millisecond) // long enough for the others to overlap
+			return i, nil
+		})
+	})
+	items := make([]int, n)
+	for i := range items {
+		items[i] = i
+	}
+	run, err := flow.Start(e.ctx, e.client, items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := run.Wait(e.waitCtx(60 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Each) != n {
+		t.Fatalf("%d outputs, want %d", len(out.Each), n)
+	}
+	if m := most.Load(); m > limit || m < 1 {
+		t.Fatalf("at most %d handlers ran at once, want between 1 and %d", m, limit)
+	}
+}
+
+// TestRejectedOutputAmongOthers reports a batch in which Postgres refuses
+// one output (a number beyond what jsonb stores): that task alone fails,
+// naming the refusal; no other task fails or runs again.
+func TestRejectedOutputAmongOthers(t *testing.T) {
+	t.Parallel()
+	const n, bad = 40, 7
+	e := newEnv(t)
+	flow := sdk.NewFlow[[]int, struct {
+		Each []json.RawMessage `json:"each"`
+	}](sdk.FlowSpec{Slug: "refused", Steps: []sdk.StepSpec{{Slug: "each", Fanout: true}}})
+	release := make(chan struct{})
+	var started atomic.Int32
+	e.startWorker(sdk.WorkerOptions{Concurrency: n}, func(w *sdk.Worker) {
+		sdk.HandleFanout(w, flow, "each", func(ctx context.Context, i int) (json.RawMessage, error) {
+			// Hold every handler until all have started, so that the
+			// results are reported together.
+			if started.Add(1) == n {
+				close(release)
+			}
+			<-release
+			if i == bad {
+				return json.RawMessage(`1e1000000`), nil
+			}
+			return json.RawMessage(`1`), nil
+		})
+	})
+	items := make([]int, n)
+	for i := range items {
+		items[i] = i
+	}
+	run, err := flow.Start(e.ctx, e.client, items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = run.Wait(e.waitCtx(60 * time.Second))
+	var runErr *sdk.RunError
+	if !errors.As(err, &runErr) {
+		t.Fatalf("got %v, want a *RunError", err)
+	}
+	if runErr.Step != "each" || runErr.TaskIndex != bad || !strings.Contains(runErr.Message, "the database rejected the output") {
+		t.Fatalf("run error %+v", runErr)
+	}
+	// The run ends with the refused task; the others, reported before or
+	// after it, are completed or cancelled, never failed or run twice.
+	rows, err := e.pool.Query(e.ctx, `SELECT task_index, status, attempt FROM pgflow.step_tasks WHERE run_id = $1`,
+		run.ID().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		index, attempt int
+		status         string
+	)
+	seen := 0
+	_, err = pgx.ForEachRow(rows, []any{&index, &status, &attempt}, func() error {
+		seen++
+		switch {
+		case attempt != 1:
+			t.Errorf("task %d: attempt %d, want 1", index, attempt)
+		case index == bad && status != "failed":
+			t.Errorf("task %d: %s, want failed", index, status)
+		case index != bad && status != "completed" && status != "cancelled":
+			t.Errorf("task %d: %s, want completed or cancelled", index, status)
+		}
+		return nil
+	})
+	if err != nil || seen != n {
+		t.Fatalf("%d tasks read, want %d: %v", seen, n, err)
+	}
+}
