@@ -37,6 +37,7 @@ func newEnv(t *testing.T) *env {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	pool := testdb.NewPool(t)
+	testdb.CheckStatusesAtEnd(t, pool)
 	client := sdk.NewClient(pool, sdk.WithClientLogger(testLogger()))
 	t.Cleanup(client.Close)
 	return &env{t: t, ctx: ctx, pool: pool, client: client}

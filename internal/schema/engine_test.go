@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgflow-go/pgflow/internal/testdb"
 )
 
 func TestLinearRunCompletes(t *testing.T) {
@@ -620,4 +622,22 @@ func TestReportsForUnknownTasks(t *testing.T) {
 	if r := e.run(run); r.Status != "started" || e.liveTasks(run) != 1 {
 		t.Fatalf("the run changed: %s, %d live tasks", r.Status, e.liveTasks(run))
 	}
+}
+
+// TestInvalidStatusesAreFound checks the check that stands in for CHECK
+// constraints on the runtime tables' statuses (see testdb.InvalidStatuses).
+func TestInvalidStatusesAreFound(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("statuses", "", step{slug: "a"})
+	run := e.start("statuses", `{}`)
+	if bad, err := testdb.InvalidStatuses(e.ctx, e.pool); err != nil || len(bad) != 0 {
+		t.Fatalf("a fresh run: %q, %v", bad, err)
+	}
+	e.exec(`UPDATE pgflow.step_tasks SET status = 'bogus' WHERE run_id = $1`, run)
+	bad, err := testdb.InvalidStatuses(e.ctx, e.pool)
+	if err != nil || len(bad) != 1 || !strings.Contains(bad[0], "step_tasks") || !strings.Contains(bad[0], "bogus") {
+		t.Fatalf("got %q, %v; want the bogus task", bad, err)
+	}
+	e.exec(`UPDATE pgflow.step_tasks SET status = 'queued' WHERE run_id = $1`, run) // the check at the end passes
 }

@@ -27,7 +27,9 @@ func newEngine(t testing.TB) *engine {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	return &engine{t: t, ctx: ctx, pool: testdb.NewPool(t)}
+	pool := testdb.NewPool(t)
+	testdb.CheckStatusesAtEnd(t, pool)
+	return &engine{t: t, ctx: ctx, pool: pool}
 }
 
 // step describes one add_step call.
