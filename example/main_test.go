@@ -9,23 +9,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgflow-go/pgflow/example/sites"
 	"github.com/pgflow-go/pgflow/internal/testdb"
-	"github.com/pgflow-go/pgflow/sdk"
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(testdb.Main(m, testdb.WithTemplate(func(ctx context.Context, connString string) error {
-		conn, err := pgx.Connect(ctx, connString)
-		if err != nil {
-			return err
-		}
-		defer conn.Close(ctx)
-		return sdk.Migrate(ctx, conn)
-	})))
+	os.Exit(testdb.Main(m, testdb.WithTemplate(testdb.Migrated)))
 }
 
 // expected computes the summary by calling the handlers directly, without

@@ -157,14 +157,14 @@ func (s *session) sendCompletions(ctx context.Context, rs []result) error {
 		applied int
 		err     error
 	)
-	if n := s.reserveForReport(); n > 0 {
+	n := s.reserveForReport()
+	if n > 0 {
 		applied, err = s.completeAndClaim(ctx, args, n)
-		if err != nil && isDataError(err) {
-			// Retried alone: the completion is blamed for an error only
-			// when it gets the error without the claim.
-			err = s.w.pool.QueryRow(ctx, completeSQL, args...).Scan(&applied)
-		}
-	} else {
+	}
+	// Alone when no slot is free, and again alone when the batch was
+	// refused for its data: the completion is blamed for such an error
+	// only when it gets the error without the claim.
+	if n == 0 || (err != nil && isDataError(err)) {
 		err = s.w.pool.QueryRow(ctx, completeSQL, args...).Scan(&applied)
 	}
 	if err == nil && applied < len(rs) {

@@ -10,9 +10,8 @@
 // server.
 //
 //	func TestMain(m *testing.M) {
-//		os.Exit(testdb.Main(m, testdb.WithTemplate(func(ctx context.Context, connString string) error {
-//			return schema.Install(ctx, connString) // once per package
-//		})))
+//		// The schema is installed once per package.
+//		os.Exit(testdb.Main(m, testdb.WithTemplate(testdb.Migrated)))
 //	}
 //
 //	func TestSomething(t *testing.T) {
@@ -45,6 +44,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/goleak"
 
 	"github.com/pgflow-go/pgflow/sdk/throwawaypg"
 )
@@ -62,7 +62,8 @@ type TemplateFunc func(ctx context.Context, connString string) error
 type Option func(*config)
 
 type config struct {
-	template TemplateFunc
+	template  TemplateFunc
+	leakCheck bool
 }
 
 // WithTemplate makes Main create a template database once, prepare it with
@@ -70,6 +71,12 @@ type config struct {
 // [NewPool] then return copies of it.
 func WithTemplate(setup TemplateFunc) Option {
 	return func(c *config) { c.template = setup }
+}
+
+// WithLeakCheck makes Main fail a passing test binary that leaves
+// goroutines running when its tests are done.
+func WithLeakCheck() Option {
+	return func(c *config) { c.leakCheck = true }
 }
 
 // state is what Main shares with the helpers. Test support only.
@@ -145,6 +152,12 @@ func Main(m *testing.M, opts ...Option) int {
 	defer setState("", "")
 
 	code := m.Run()
+	if code == 0 && cfg.leakCheck {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "testdb: goroutines leaked by the tests: %v\n", err)
+			code = 1
+		}
+	}
 	if code != 0 && srv != nil {
 		printLogTail(srv.LogPath(), 40)
 	}

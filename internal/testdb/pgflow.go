@@ -6,7 +6,21 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgflow-go/pgflow/internal/schema"
 )
+
+// Migrated is a [TemplateFunc] that installs pgflow's schema, for
+// WithTemplate(Migrated).
+func Migrated(ctx context.Context, connString string) error {
+	conn, err := pgx.Connect(ctx, connString)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = schema.Migrate(ctx, conn)
+	return err
+}
 
 // statusesSQL lists the rows of pgflow's runtime tables whose status is not
 // one their table allows. The tables carry no CHECK constraints (they cost
