@@ -11,20 +11,20 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// flushLoop reports results to the database. It takes whatever results
-// are waiting when it is free, so a busy worker reports in batches and an
-// idle one reports each result at once. It returns once stopFlush is closed
-// and every result is reported, or when ctx is done.
-func (s *session) flushLoop(ctx context.Context) {
+// flushLoop reports the results of one queue to the database. It takes
+// whatever results are waiting when it is free, so a busy worker reports in
+// batches and an idle one reports each result at once. It returns once
+// stopFlush is closed and every result is reported, or when ctx is done.
+func (s *session) flushLoop(ctx context.Context, results chan result) {
 	for {
 		var batch []result
 		select {
-		case r := <-s.results:
+		case r := <-results:
 			batch = append(batch, r)
 		case <-s.stopFlush:
 			for {
 				select {
-				case r := <-s.results:
+				case r := <-results:
 					batch = append(batch, r)
 					if len(batch) < maxFlush {
 						continue
@@ -44,7 +44,7 @@ func (s *session) flushLoop(ctx context.Context) {
 	more:
 		for len(batch) < maxFlush {
 			select {
-			case r := <-s.results:
+			case r := <-results:
 				batch = append(batch, r)
 			default:
 				break more

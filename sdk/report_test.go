@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -127,5 +129,92 @@ func TestRejectedOutputAmongOthers(t *testing.T) {
 	})
 	if err != nil || seen != n {
 		t.Fatalf("%d tasks read, want %d: %v", seen, n, err)
+	}
+}
+
+// TestReporters drains many small runs and a fanout with one, two and
+// several reporters: every run completes with its outputs, and every
+// handler runs exactly once.
+func TestReporters(t *testing.T) {
+	t.Parallel()
+	for _, reporters := range []int{1, 2, 5} {
+		t.Run(fmt.Sprint(reporters), func(t *testing.T) {
+			t.Parallel()
+			const runs, width = 200, 300
+			e := newEnv(t)
+			type chainOut struct {
+				Second int `json:"second"`
+			}
+			chain := sdk.NewFlow[int, chainOut](sdk.FlowSpec{Slug: "reported_chain", Steps: []sdk.StepSpec{
+				{Slug: "first"}, {Slug: "second", Deps: []string{"first"}}}})
+			fanout := sdk.NewFlow[[]int, struct {
+				Each []int `json:"each"`
+			}](sdk.FlowSpec{Slug: "reported_fanout", Steps: []sdk.StepSpec{{Slug: "each", Fanout: true}}})
+			var calls sync.Map // "run/step/index" -> *atomic.Int32
+			count := func(ctx context.Context) {
+				task, _ := sdk.TaskFromContext(ctx)
+				n, _ := calls.LoadOrStore(fmt.Sprintf("%s/%s/%d", task.RunID, task.Step, task.Index), new(atomic.Int32))
+				n.(*atomic.Int32).Add(1)
+			}
+			e.startWorker(sdk.WorkerOptions{Concurrency: 32, Reporters: reporters}, func(w *sdk.Worker) {
+				sdk.HandleStep(w, chain, "first", func(ctx context.Context, in int, _ struct{}) (int, error) {
+					count(ctx)
+					return in + 1, nil
+				})
+				sdk.HandleStep(w, chain, "second", func(ctx context.Context, _ int, deps struct {
+					First int `json:"first"`
+				}) (int, error) {
+					count(ctx)
+					return deps.First * 2, nil
+				})
+				sdk.HandleFanout(w, fanout, "each", func(ctx context.Context, i int) (int, error) {
+					count(ctx)
+					return -i, nil
+				})
+			})
+			items := make([]int, width)
+			for i := range items {
+				items[i] = i
+			}
+			big, err := fanout.Start(e.ctx, e.client, items)
+			if err != nil {
+				t.Fatal(err)
+			}
+			started := make([]*sdk.Run[chainOut], runs)
+			for i := range started {
+				if started[i], err = chain.Start(e.ctx, e.client, i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i, run := range started {
+				out, err := run.Wait(e.waitCtx(60 * time.Second))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if out.Second != (i+1)*2 {
+					t.Fatalf("run %d: second = %d, want %d", i, out.Second, (i+1)*2)
+				}
+			}
+			out, err := big.Wait(e.waitCtx(60 * time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, v := range out.Each {
+				if v != -i {
+					t.Fatalf("each[%d] = %d, want %d", i, v, -i)
+				}
+			}
+			handled := 0
+			calls.Range(func(key, n any) bool {
+				handled++
+				if got := n.(*atomic.Int32).Load(); got != 1 {
+					t.Errorf("%s ran %d times, want once", key, got)
+				}
+				return true
+			})
+			if want := 2*runs + width; handled != want {
+				t.Fatalf("%d tasks handled, want %d", handled, want)
+			}
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"runtime/debug"
 	"slices"
@@ -51,11 +52,16 @@ type session struct {
 	// together with a claim only then.
 	claiming atomic.Bool
 
-	wake      chan struct{} // wakes the claim loop: tasks may be claimable
-	freed     chan struct{} // wakes the claim loop: a slot freed
-	results   chan result   // finished tasks, to the flusher
+	wake  chan struct{} // wakes the claim loop: tasks may be claimable
+	freed chan struct{} // wakes the claim loop: a slot freed
+	// results holds a queue of finished tasks per reporter. The results of
+	// one step of one run always go to the same reporter: reports of a
+	// fanout's tasks would otherwise queue for the same step state, while
+	// the results of different runs are reported side by side.
+	results   []chan result
+	seed      maphash.Seed
 	stopFlush chan struct{} // closed when no more results will be produced
-	flushDone chan struct{} // closed when the flusher has exited
+	flushDone chan struct{} // closed when every flusher has exited
 }
 
 type taskKey struct {
@@ -105,7 +111,7 @@ func newSession(w *Worker) *session {
 		drained:   make(chan struct{}, 1),
 		wake:      make(chan struct{}, 1),
 		freed:     make(chan struct{}, 1),
-		results:   make(chan result, w.opts.Concurrency),
+		seed:      maphash.MakeSeed(),
 		stopFlush: make(chan struct{}),
 		flushDone: make(chan struct{}),
 	}
@@ -124,6 +130,9 @@ func newSession(w *Worker) *session {
 		s.stepSlugs = append(s.stepSlugs, k.step)
 		s.withRun = append(s.withRun, w.regs[k].opts.RunInput)
 		s.flowSet[k.flow] = true
+	}
+	for range w.opts.Reporters {
+		s.results = append(s.results, make(chan result, w.opts.Concurrency))
 	}
 	s.handlerCtx, s.stopAll = context.WithCancelCause(context.Background())
 	return s
@@ -158,9 +167,13 @@ func (s *session) run(ctx context.Context) {
 	bg.Go(func() { s.heartbeatLoop(bgCtx) })
 	bg.Go(func() { s.sweepLoop(bgCtx) })
 	flushCtx, stopFlushing := context.WithCancel(context.Background())
+	var flushers sync.WaitGroup
+	for _, results := range s.results {
+		flushers.Go(func() { s.flushLoop(flushCtx, results) })
+	}
 	go func() {
-		defer close(s.flushDone)
-		s.flushLoop(flushCtx)
+		flushers.Wait()
+		close(s.flushDone)
 	}()
 
 	s.logger.Info("pgflow: worker started", "worker_id", s.w.ID().String(), "concurrency", s.opts.Concurrency,
@@ -296,7 +309,13 @@ func (s *session) claimArgs(n int) []any {
 	return []any{s.w.id, s.flowSlugs, s.stepSlugs, n, s.withRun, s.opts.LeaseGrace}
 }
 
+// claim claims up to n tasks. A shutdown does not interrupt a claim in
+// flight: the claim may have committed already, and its tasks would then
+// stay leased to this worker, unworked, until their leases expired. Its
+// tasks start, and the shutdown waits for them like for any other.
 func (s *session) claim(ctx context.Context, n int) ([]claimed, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ShutdownTimeout)
+	defer cancel()
 	rows, err := s.w.pool.Query(ctx, claimSQL, s.claimArgs(n)...)
 	if err != nil {
 		return nil, err
@@ -441,9 +460,23 @@ func (s *session) finish(inf *inflight, ctx context.Context, out any, err error)
 // gone, at the very end of a shutdown).
 func (s *session) deliver(r result) {
 	select {
-	case s.results <- r:
+	case s.results[s.reporterOf(r.task)] <- r:
 	case <-s.flushDone:
 	}
+}
+
+// reporterOf returns the reporter of a task's results.
+func (s *session) reporterOf(t *Task) int {
+	if len(s.results) == 1 {
+		return 0
+	}
+	h := maphash.Comparable(s.seed, runStep{t.RunID, t.Step})
+	return int(h % uint64(len(s.results)))
+}
+
+type runStep struct {
+	run  RunID
+	step string
 }
 
 func (s *session) freeSlot() {

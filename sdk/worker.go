@@ -41,6 +41,11 @@ type WorkerOptions struct {
 	// 64 MiB): a larger output fails its task, permanently, with an error
 	// saying so, instead of bloating the database.
 	MaxOutputBytes int
+	// Reporters is how many batches of results may be reported to the
+	// database at once (default 2). One reporter caps a worker's throughput
+	// at what one database connection can commit; more let completions use
+	// more of the database's cores. Each takes a connection of the pool.
+	Reporters int
 }
 
 func (o WorkerOptions) withDefaults() WorkerOptions {
@@ -67,6 +72,9 @@ func (o WorkerOptions) withDefaults() WorkerOptions {
 	}
 	if o.MaxOutputBytes <= 0 {
 		o.MaxOutputBytes = 64 << 20
+	}
+	if o.Reporters <= 0 {
+		o.Reporters = 2
 	}
 	return o
 }

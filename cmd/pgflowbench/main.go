@@ -1,6 +1,6 @@
 // Command pgflowbench measures pgflow end to end on a PostgreSQL server:
 //
-//	pgflowbench [-quick] [-scenarios runs,fanout,chain-latency,rss] [-concurrency 256]
+//	pgflowbench [-quick] [-scenarios runs,fanout,chain-latency,rss] [-concurrency 256] [-reporters 2]
 //
 // Scenarios:
 //   - runs: N single-step runs (no-op handler) started in batches of 1,000 and
@@ -40,6 +40,7 @@ func run() int {
 	quick := fs.Bool("quick", false, "small sizes: the whole benchmark in under a minute")
 	scenarios := fs.String("scenarios", "runs,fanout,chain-latency,rss", "comma-separated scenarios to run")
 	concurrency := fs.Int("concurrency", 256, "the worker's concurrency (handler slots)")
+	reporters := fs.Int("reporters", 0, "result batches the worker reports at once (0: the SDK's default)")
 	runs := fs.Int("runs", 20000, "single-step runs of the runs scenario")
 	widths := fs.String("widths", "1000,10000,100000", "fanout widths")
 	chains := fs.Int("chains", 200, "chains of the chain-latency scenario")
@@ -50,7 +51,7 @@ func run() int {
 	}
 	url := os.Getenv("DATABASE_URL")
 	if *workerMode {
-		if err := bench.RunWorker(url, *concurrency); err != nil {
+		if err := bench.RunWorker(url, bench.WorkerConfig{Concurrency: *concurrency, Reporters: *reporters}); err != nil {
 			fmt.Fprintln(os.Stderr, "pgflowbench worker:", err)
 			return 1
 		}
@@ -95,11 +96,12 @@ func run() int {
 		Widths:      ws,
 		Chains:      *chains,
 		RSSWidth:    *rssWidth,
-		Concurrency: *concurrency,
+		Worker:      bench.WorkerConfig{Concurrency: *concurrency, Reporters: *reporters},
 		Log:         os.Stderr,
 		DataDir:     dataDir,
-		WorkerCommand: func(databaseURL string, concurrency int) *exec.Cmd {
-			cmd := exec.Command(self, "-worker", "-concurrency", strconv.Itoa(concurrency))
+		WorkerCommand: func(databaseURL string, wc bench.WorkerConfig) *exec.Cmd {
+			cmd := exec.Command(self, "-worker", "-concurrency", strconv.Itoa(wc.Concurrency),
+				"-reporters", strconv.Itoa(wc.Reporters))
 			cmd.Env = append(os.Environ(), "DATABASE_URL="+databaseURL)
 			return cmd
 		},

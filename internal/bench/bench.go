@@ -39,11 +39,11 @@ type Config struct {
 	Chains int
 	// RSSWidth is the fanout drained while the worker's memory is measured.
 	RSSWidth int
-	// Concurrency of the worker process.
-	Concurrency int
+	// Worker configures the worker process.
+	Worker WorkerConfig
 	// WorkerCommand returns the command that starts a worker process
 	// (RunWorker in a process of its own) for a database URL.
-	WorkerCommand func(databaseURL string, concurrency int) *exec.Cmd
+	WorkerCommand func(databaseURL string, wc WorkerConfig) *exec.Cmd
 	// Log receives progress lines.
 	Log io.Writer
 	// DataDir is the server's data directory when the benchmark started the
@@ -141,7 +141,7 @@ type worker struct {
 
 // startWorker starts a worker process and waits until it is working.
 func (b *runner) startWorker(ctx context.Context) (*worker, error) {
-	cmd := b.cfg.WorkerCommand(b.cfg.DatabaseURL, b.cfg.Concurrency)
+	cmd := b.cfg.WorkerCommand(b.cfg.DatabaseURL, b.cfg.Worker)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err

@@ -11,9 +11,15 @@ import (
 	"github.com/pgflow-go/pgflow/sdk"
 )
 
+// WorkerConfig is what the benchmark varies in its worker.
+type WorkerConfig struct {
+	Concurrency int // handler slots (sdk.WorkerOptions.Concurrency)
+	Reporters   int // result batches reported at once (sdk.WorkerOptions.Reporters; 0: the default)
+}
+
 // RunWorker runs a worker for the benchmark flows until its standard input
 // closes (the benchmark's way of stopping it), then shuts down gracefully.
-func RunWorker(databaseURL string, concurrency int) error {
+func RunWorker(databaseURL string, wc WorkerConfig) error {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	go func() {
@@ -31,7 +37,8 @@ func RunWorker(databaseURL string, concurrency int) error {
 	}
 	defer pool.Close()
 	w := sdk.NewWorker(pool, sdk.WorkerOptions{
-		Concurrency: concurrency,
+		Concurrency: wc.Concurrency,
+		Reporters:   wc.Reporters,
 		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	Register(w)

@@ -246,7 +246,7 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 			}
 			done := c.completed(id, "each")
 			if tc.finished && done < 64 {
-				t.Fatalf("%d tasks completed by the stopping worker, want its 64", done)
+				t.Fatalf("%d tasks completed by the stopping worker, want its 64; its log:\n%s", done, first.logText())
 			}
 			cfg.Delay = 10 * time.Millisecond
 			c.startWorker(cfg)

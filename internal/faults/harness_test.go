@@ -58,6 +58,10 @@ type cluster struct {
 	mu    sync.Mutex
 	procs []*proc
 	seq   int
+	// timeout is the step timeout of the last worker started: the flow
+	// is synced with it, so that starting a run cannot undo what the
+	// worker set (both sync the flow's options; the last one wins).
+	timeout time.Duration
 }
 
 // proc is a worker process.
@@ -122,6 +126,7 @@ func (c *cluster) startWorker(cfg workerConfig) *proc {
 	c.t.Helper()
 	c.mu.Lock()
 	c.seq++
+	c.timeout = cfg.Timeout
 	logPath := filepath.Join(c.dir, fmt.Sprintf("worker-%d.log", c.seq))
 	c.mu.Unlock()
 	logFile, err := os.Create(logPath)
@@ -244,7 +249,13 @@ func (c *cluster) startFanout(n int) sdk.RunID {
 		items[i] = i
 	}
 	raw, _ := json.Marshal(items)
-	if err := c.client.EnsureFlows(c.ctx, fanoutSpec(c.config().Timeout)); err != nil {
+	c.mu.Lock()
+	timeout := c.timeout
+	c.mu.Unlock()
+	if timeout == 0 {
+		timeout = c.config().Timeout
+	}
+	if err := c.client.EnsureFlows(c.ctx, fanoutSpec(timeout)); err != nil {
 		c.t.Fatal(err)
 	}
 	id, err := c.client.StartFlow(c.ctx, "faults", raw)

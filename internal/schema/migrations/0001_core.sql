@@ -450,9 +450,11 @@ END $$;
 -- ready steps start (queueing their tasks), and a fanout over an empty array
 -- completes at once and feeds the next round. Runs with no steps left
 -- complete at the end. The caller holds the run rows of every run involved.
+-- p_release false says that no step in p_done_steps has dependents.
 CREATE FUNCTION pgflow._advance(
   p_done_runs uuid[], p_done_steps text[],
-  p_ready_runs uuid[], p_ready_steps text[]
+  p_ready_runs uuid[], p_ready_steps text[],
+  p_release boolean DEFAULT true
 ) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -468,31 +470,50 @@ DECLARE
   v_bad_steps   text[];
   v_bad_msgs    text[];
   v_i           int;
+  v_release     boolean := coalesce(p_release, true);
 BEGIN
   LOOP
     IF cardinality(v_done_runs) > 0 THEN
       v_completed := v_completed || v_done_runs;
-      -- Release the dependents of the completed steps; those with no
-      -- dependency left are ready.
+    END IF;
+    IF cardinality(v_done_runs) > 0 AND v_release THEN
+      -- Release the dependents of the completed steps. A single step with
+      -- no dependency left starts right here (its one task needs nothing
+      -- but its key); other steps with none left are ready, and start below.
       WITH done AS (
         SELECT x.run_id, x.step_slug FROM unnest(v_done_runs, v_done_steps) AS x(run_id, step_slug)
       ), dependents AS (
-        SELECT ss.run_id, d.step_slug, count(*)::int AS n
+        SELECT ss.run_id, d.step_slug, count(*)::int AS n,
+               bool_and(s.step_type = 'single'
+                        AND (SELECT r.status FROM pgflow.runs r WHERE r.run_id = ss.run_id) = 'started') AS single,
+               min(coalesce(s.opt_start_delay, interval '0')) AS start_delay
         FROM done
         JOIN pgflow.step_states ss ON ss.run_id = done.run_id AND ss.step_slug = done.step_slug
         JOIN pgflow.deps d ON d.flow_slug = ss.flow_slug AND d.dep_slug = ss.step_slug
+        JOIN pgflow.steps s ON s.flow_slug = d.flow_slug AND s.step_slug = d.step_slug
         GROUP BY ss.run_id, d.step_slug
       ), released AS (
         UPDATE pgflow.step_states ss
-        SET remaining_deps = ss.remaining_deps - dependents.n
-        FROM dependents
-        WHERE ss.run_id = dependents.run_id AND ss.step_slug = dependents.step_slug AND ss.status = 'created'
-        RETURNING ss.run_id, ss.step_slug, ss.remaining_deps
+        SET remaining_deps = ss.remaining_deps - dep.n,
+            status = CASE WHEN dep.single AND ss.remaining_deps = dep.n THEN 'started' ELSE ss.status END,
+            total_tasks = CASE WHEN dep.single AND ss.remaining_deps = dep.n THEN 1 ELSE ss.total_tasks END,
+            remaining_tasks = CASE WHEN dep.single AND ss.remaining_deps = dep.n THEN 1 ELSE ss.remaining_tasks END,
+            started_at = CASE WHEN dep.single AND ss.remaining_deps = dep.n THEN now() ELSE ss.started_at END
+        FROM dependents dep
+        WHERE ss.run_id = dep.run_id AND ss.step_slug = dep.step_slug AND ss.status = 'created'
+        RETURNING ss.run_id, ss.step_slug, ss.flow_slug, ss.status, ss.remaining_deps, dep.start_delay
+      ), queued AS (
+        INSERT INTO pgflow.step_tasks (run_id, step_slug, task_index, flow_slug, status, visible_at, item)
+        SELECT released.run_id, released.step_slug, 0, released.flow_slug, 'queued', now() + released.start_delay, NULL
+        FROM released WHERE released.status = 'started'
       )
-      SELECT coalesce(array_agg(released.run_id), '{}'), coalesce(array_agg(released.step_slug), '{}')
-      INTO v_new_runs, v_new_steps
+      SELECT coalesce(array_agg(released.run_id) FILTER (WHERE released.status = 'created'), '{}'),
+             coalesce(array_agg(released.step_slug) FILTER (WHERE released.status = 'created'), '{}'),
+             coalesce(array_agg(DISTINCT released.flow_slug) FILTER (WHERE released.status = 'started'), '{}')
+      INTO v_new_runs, v_new_steps, v_flows
       FROM released WHERE released.remaining_deps = 0;
 
+      PERFORM pg_notify('pgflow_tasks', f) FROM unnest(v_flows) AS f;
       v_ready_runs := v_ready_runs || v_new_runs;
       v_ready_steps := v_ready_steps || v_new_steps;
     END IF;
@@ -573,6 +594,7 @@ BEGIN
 
     v_ready_runs := '{}';
     v_ready_steps := '{}';
+    v_release := true;
   END LOOP;
 
   -- Count down each run's remaining steps, once per run, and complete the
@@ -943,7 +965,11 @@ BEGIN
     RAISE EXCEPTION 'claim_tasks: argument arrays differ in length' USING ERRCODE = 'PF005';
   END IF;
 
-  -- Fail the tasks whose last attempt outlived its lease (rare: look first).
+  -- Expired leases are rare: look first, without locks. A last attempt
+  -- that outlived its lease fails its run; the others are taken over
+  -- first, before queued tasks. Rows are locked by address and never
+  -- waited for.
+  v_expired := '{}';
   IF EXISTS (
     SELECT 1
     FROM (SELECT DISTINCT u.flow_slug, u.step_slug
@@ -954,23 +980,20 @@ BEGIN
         AND t.status = 'started' AND t.visible_at <= now()
       LIMIT 1) x) THEN
     PERFORM pgflow._reap_expired(claim_tasks.flow_slugs, claim_tasks.step_slugs);
+    v_expired := ARRAY(
+      SELECT x.ctid
+      FROM (SELECT DISTINCT u.flow_slug, u.step_slug
+            FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS u(flow_slug, step_slug)) w
+      JOIN pgflow.step_options so ON so.flow_slug = w.flow_slug AND so.step_slug = w.step_slug
+      CROSS JOIN LATERAL (
+        SELECT t.ctid FROM pgflow.step_tasks t
+        WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug
+          AND t.status = 'started' AND t.visible_at <= now() AND t.failures + 1 < so.max_attempts
+        ORDER BY t.visible_at
+        LIMIT claim_tasks.max_tasks
+        FOR UPDATE OF t SKIP LOCKED) x
+      LIMIT claim_tasks.max_tasks);
   END IF;
-
-  -- Expired leases with attempts left first, then queued tasks. Rows are
-  -- locked by address and never waited for.
-  v_expired := ARRAY(
-    SELECT x.ctid
-    FROM (SELECT DISTINCT u.flow_slug, u.step_slug
-          FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS u(flow_slug, step_slug)) w
-    JOIN pgflow.step_options so ON so.flow_slug = w.flow_slug AND so.step_slug = w.step_slug
-    CROSS JOIN LATERAL (
-      SELECT t.ctid FROM pgflow.step_tasks t
-      WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug
-        AND t.status = 'started' AND t.visible_at <= now() AND t.failures + 1 < so.max_attempts
-      ORDER BY t.visible_at
-      LIMIT claim_tasks.max_tasks
-      FOR UPDATE OF t SKIP LOCKED) x
-    LIMIT claim_tasks.max_tasks);
 
   v_queued := ARRAY(
     SELECT x.ctid
@@ -1055,15 +1078,17 @@ CREATE FUNCTION pgflow._complete_batch(
   p_run_ids uuid[], p_step_slugs text[], p_task_indexes int[], p_attempts int[], p_outputs jsonb[],
   p_guarded boolean,
   OUT counted_steps int, OUT decremented_steps int, OUT applied int, OUT done_runs uuid[], OUT done_steps text[],
-  OUT done_fanouts int)
+  OUT done_fanouts int, OUT done_release boolean)
 LANGUAGE plpgsql AS $$
 BEGIN
   WITH c AS (
     SELECT * FROM unnest(p_run_ids, p_step_slugs, p_task_indexes, p_attempts, p_outputs)
              AS c(run_id, step_slug, task_index, attempt, output)
   ), kinds AS MATERIALIZED (
-    -- The batch's steps and whether each is a fanout, looked up once.
-    SELECT DISTINCT ss.run_id, ss.step_slug, s.step_type
+    -- The batch's steps, whether each is a fanout, and the status of its
+    -- run, looked up once per step rather than once per task.
+    SELECT DISTINCT ss.run_id, ss.step_slug, s.step_type,
+           (SELECT r.status FROM pgflow.runs r WHERE r.run_id = ss.run_id) AS run_status
     FROM (SELECT DISTINCT c.run_id, c.step_slug FROM c) k
     JOIN pgflow.step_states ss ON ss.run_id = k.run_id AND ss.step_slug = k.step_slug
     JOIN pgflow.steps s ON s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug
@@ -1072,13 +1097,10 @@ BEGIN
     -- output goes to its step state. A task whose run has ended (a race
     -- with a cancel) is cancelled instead.
     UPDATE pgflow.step_tasks t
-    SET (status, ended_at, output) = (
-          SELECT CASE WHEN r.status = 'started' THEN 'completed' ELSE 'cancelled' END,
-                 now(),
-                 CASE WHEN k.step_type = 'fanout' AND r.status = 'started'
+    SET status = CASE WHEN k.run_status = 'started' THEN 'completed' ELSE 'cancelled' END,
+        ended_at = now(),
+        output = CASE WHEN k.step_type = 'fanout' AND k.run_status = 'started'
                       THEN coalesce(c.output, 'null'::jsonb) END
-          FROM (SELECT) one
-          LEFT JOIN pgflow.runs r ON r.run_id = t.run_id)
     FROM c, kinds k
     WHERE t.run_id = c.run_id AND t.step_slug = c.step_slug AND t.task_index = c.task_index
       AND t.attempt = c.attempt AND (t.status = 'started') IS TRUE
@@ -1111,13 +1133,15 @@ BEGIN
     WHERE ss.run_id = l.run_id AND ss.step_slug = l.step_slug
       AND ss.status = 'started'
       AND (NOT p_guarded OR ss.remaining_tasks > l.n)
-    RETURNING ss.run_id, ss.step_slug, ss.remaining_tasks, l.n, l.single
+    RETURNING ss.run_id, ss.step_slug, ss.flow_slug, ss.remaining_tasks, l.n, l.single
   )
   SELECT (SELECT count(*) FROM counted), count(*), coalesce(sum(d.n), 0)::int,
          coalesce(array_agg(d.run_id) FILTER (WHERE d.remaining_tasks = 0), '{}'),
          coalesce(array_agg(d.step_slug) FILTER (WHERE d.remaining_tasks = 0), '{}'),
-         count(*) FILTER (WHERE d.remaining_tasks = 0 AND NOT d.single)::int
-  INTO counted_steps, decremented_steps, applied, done_runs, done_steps, done_fanouts
+         count(*) FILTER (WHERE d.remaining_tasks = 0 AND NOT d.single)::int,
+         coalesce(bool_or(EXISTS (SELECT 1 FROM pgflow.deps x WHERE x.flow_slug = d.flow_slug AND x.dep_slug = d.step_slug))
+                  FILTER (WHERE d.remaining_tasks = 0), false)
+  INTO counted_steps, decremented_steps, applied, done_runs, done_steps, done_fanouts, done_release
   FROM decremented d;
 END $$;
 
@@ -1141,6 +1165,7 @@ DECLARE
   v_done_runs  uuid[];
   v_done_steps text[];
   v_fanouts    int;
+  v_release    boolean;  -- whether a completed step has dependents
 BEGIN
   IF coalesce(cardinality(run_ids), 0) = 0 THEN
     RETURN 0;
@@ -1158,16 +1183,21 @@ BEGIN
   -- check reads without locks; the decrement itself is guarded, and when a
   -- guard fails (a step got closer to its end meanwhile), the error escape
   -- from the block undoes the attempt and releases its locks, and the slow
-  -- path runs instead.
-  SELECT coalesce(bool_and(ss.status = 'started' AND ss.remaining_tasks > b.n), false)
-  INTO v_guarded
-  FROM (SELECT x.run_id, x.step_slug, count(*)::int AS n
-        FROM unnest(run_ids, step_slugs) AS x(run_id, step_slug) GROUP BY x.run_id, x.step_slug) b
-  LEFT JOIN pgflow.step_states ss ON ss.run_id = b.run_id AND ss.step_slug = b.step_slug;
+  -- path runs instead. A batch of first tasks only is taken to be one of
+  -- single steps, which always finish their step, and goes straight to the
+  -- slow path (for the first tasks of fanouts that is merely slower).
+  v_guarded := 0 < ANY (task_indexes);
+  IF v_guarded THEN
+    SELECT coalesce(bool_and(ss.status = 'started' AND ss.remaining_tasks > b.n), false)
+    INTO v_guarded
+    FROM (SELECT x.run_id, x.step_slug, count(*)::int AS n
+          FROM unnest(run_ids, step_slugs) AS x(run_id, step_slug) GROUP BY x.run_id, x.step_slug) b
+    LEFT JOIN pgflow.step_states ss ON ss.run_id = b.run_id AND ss.step_slug = b.step_slug;
+  END IF;
 
   IF v_guarded THEN
     BEGIN
-      SELECT * INTO v_counted, v_steps, v_applied, v_done_runs, v_done_steps, v_fanouts
+      SELECT * INTO v_counted, v_steps, v_applied, v_done_runs, v_done_steps, v_fanouts, v_release
       FROM pgflow._complete_batch(run_ids, step_slugs, task_indexes, attempts, outputs, true);
       IF v_steps < v_counted THEN
         RAISE EXCEPTION 'complete_tasks: batch may finish a step' USING ERRCODE = 'PF900';
@@ -1184,7 +1214,7 @@ BEGIN
   WHERE r.run_id = ANY (run_ids)
   ORDER BY r.run_id, ss.step_slug
   FOR UPDATE OF r, ss;
-  SELECT * INTO v_counted, v_steps, v_applied, v_done_runs, v_done_steps, v_fanouts
+  SELECT * INTO v_counted, v_steps, v_applied, v_done_runs, v_done_steps, v_fanouts, v_release
   FROM pgflow._complete_batch(run_ids, step_slugs, task_indexes, attempts, outputs, false);
 
   IF v_fanouts > 0 THEN
@@ -1202,7 +1232,7 @@ BEGIN
       AND s.step_type = 'fanout';
   END IF;
   IF cardinality(v_done_runs) > 0 THEN
-    PERFORM pgflow._advance(v_done_runs, v_done_steps, NULL, NULL);
+    PERFORM pgflow._advance(v_done_runs, v_done_steps, NULL, NULL, v_release);
   END IF;
   RETURN v_applied;
 END $$;
