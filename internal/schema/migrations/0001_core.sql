@@ -953,8 +953,9 @@ CREATE FUNCTION pgflow.claim_tasks(
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-  v_expired tid[];
-  v_queued  tid[];
+  v_expired     tid[];
+  v_queued      tid[];
+  v_any_expired boolean;
 BEGIN
   IF claim_tasks.max_tasks IS NULL OR claim_tasks.max_tasks < 1 OR coalesce(cardinality(claim_tasks.flow_slugs), 0) = 0 THEN
     RETURN;
@@ -965,20 +966,37 @@ BEGIN
     RAISE EXCEPTION 'claim_tasks: argument arrays differ in length' USING ERRCODE = 'PF005';
   END IF;
 
-  -- Expired leases are rare: look first, without locks. A last attempt
-  -- that outlived its lease fails its run; the others are taken over
-  -- first, before queued tasks. Rows are locked by address and never
-  -- waited for.
+  -- Queued tasks are locked (by address, never waited for) in the same
+  -- statement that looks, without locks, for expired leases. Those are
+  -- rare; when there are, a last attempt that outlived its lease fails its
+  -- run, and the others are taken over first, before queued tasks.
+  -- (Holding queued tasks while the reaping waits for run rows is safe:
+  -- no one holding a run row or step state waits for a queued task.)
+  SELECT ARRAY(
+           SELECT x.ctid
+           FROM (SELECT DISTINCT u.flow_slug, u.step_slug
+                 FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS u(flow_slug, step_slug)) w
+           CROSS JOIN LATERAL (
+             SELECT t.ctid FROM pgflow.step_tasks t
+             WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug
+               AND t.status = 'queued' AND t.visible_at <= now()
+             ORDER BY t.visible_at
+             LIMIT claim_tasks.max_tasks
+             FOR UPDATE OF t SKIP LOCKED) x
+           LIMIT claim_tasks.max_tasks),
+         EXISTS (
+           SELECT 1
+           FROM (SELECT DISTINCT u.flow_slug, u.step_slug
+                 FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS u(flow_slug, step_slug)) w
+           CROSS JOIN LATERAL (
+             SELECT 1 FROM pgflow.step_tasks t
+             WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug
+               AND t.status = 'started' AND t.visible_at <= now()
+             LIMIT 1) x)
+  INTO v_queued, v_any_expired;
+
   v_expired := '{}';
-  IF EXISTS (
-    SELECT 1
-    FROM (SELECT DISTINCT u.flow_slug, u.step_slug
-          FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS u(flow_slug, step_slug)) w
-    CROSS JOIN LATERAL (
-      SELECT 1 FROM pgflow.step_tasks t
-      WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug
-        AND t.status = 'started' AND t.visible_at <= now()
-      LIMIT 1) x) THEN
+  IF v_any_expired THEN
     PERFORM pgflow._reap_expired(claim_tasks.flow_slugs, claim_tasks.step_slugs);
     v_expired := ARRAY(
       SELECT x.ctid
@@ -993,20 +1011,10 @@ BEGIN
         LIMIT claim_tasks.max_tasks
         FOR UPDATE OF t SKIP LOCKED) x
       LIMIT claim_tasks.max_tasks);
+    -- Queued tasks locked beyond the limit stay unclaimed (and locked
+    -- until commit; other claims skip them meanwhile).
+    v_queued := v_queued[1:claim_tasks.max_tasks - cardinality(v_expired)];
   END IF;
-
-  v_queued := ARRAY(
-    SELECT x.ctid
-    FROM (SELECT DISTINCT u.flow_slug, u.step_slug
-          FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS u(flow_slug, step_slug)) w
-    CROSS JOIN LATERAL (
-      SELECT t.ctid FROM pgflow.step_tasks t
-      WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug
-        AND t.status = 'queued' AND t.visible_at <= now()
-      ORDER BY t.visible_at
-      LIMIT claim_tasks.max_tasks - cardinality(v_expired)
-      FOR UPDATE OF t SKIP LOCKED) x
-    LIMIT claim_tasks.max_tasks - cardinality(v_expired));
 
   IF cardinality(v_expired) + cardinality(v_queued) = 0 THEN
     RETURN;
