@@ -5,7 +5,8 @@ import (
 	"fmt"
 )
 
-// RunID identifies a run (a UUID).
+// RunID identifies a run (a UUID). The ids the database assigns are
+// version 7 UUIDs, which sort by the time their run started.
 type RunID [16]byte
 
 // String formats the id as a canonical UUID (8-4-4-4-12 hex digits).

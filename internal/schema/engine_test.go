@@ -2,6 +2,7 @@ package schema_test
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -640,4 +641,54 @@ func TestInvalidStatusesAreFound(t *testing.T) {
 		t.Fatalf("got %q, %v; want the bogus task", bad, err)
 	}
 	e.exec(`UPDATE pgflow.step_tasks SET status = 'queued' WHERE run_id = $1`, run) // the check at the end passes
+}
+
+// Run ids are version 7 UUIDs: the time of the start in their first 48
+// bits, so runs started later sort later (to the millisecond) and the
+// indexes led by run_id grow at their right edge.
+func TestRunIDsAreTimeOrdered(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("ordered", "", step{slug: "a"})
+	var ids []string
+	for range 3 {
+		var batch []string
+		if err := e.pool.QueryRow(e.ctx, "SELECT pgflow.start_flows('ordered', array_fill('{}'::jsonb, ARRAY[500]))::text[]").Scan(&batch); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, batch...)
+		// The next batch starts in a later millisecond.
+		var ms int64
+		for first := nowMillis(t, e); ms <= first; ms = nowMillis(t, e) {
+		}
+	}
+	seen := map[string]bool{}
+	var last int64
+	for i, id := range ids {
+		if seen[id] {
+			t.Fatalf("run id %s given twice", id)
+		}
+		seen[id] = true
+		hexID := strings.ReplaceAll(id, "-", "")
+		if hexID[12] != '7' || !strings.ContainsRune("89ab", rune(hexID[16])) {
+			t.Fatalf("run id %s: want version 7, variant 10", id)
+		}
+		ms, err := strconv.ParseInt(hexID[:12], 16, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if now := time.Now().UnixMilli(); ms < now-time.Minute.Milliseconds() || ms > now+time.Minute.Milliseconds() {
+			t.Fatalf("run id %s holds the time %d, want about %d", id, ms, now)
+		}
+		if i%500 == 0 && ms <= last {
+			t.Fatalf("batch %d starts at %d ms, not after the previous batch (%d ms)", i/500, ms, last)
+		}
+		last = max(last, ms)
+	}
+}
+
+// nowMillis is the server's clock in Unix milliseconds.
+func nowMillis(t *testing.T, e *engine) int64 {
+	t.Helper()
+	return scalar[int64](e, "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
 }

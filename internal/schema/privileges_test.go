@@ -313,6 +313,7 @@ func TestRolePrivileges(t *testing.T) {
 		// Internals and grants.
 		{"_end_run", "SELECT pgflow._end_run($1::uuid, 'cancelled', NULL, NULL, NULL)", []any{run}, stmtDenied, stmtDenied, stmtDenied},
 		{"_advance", "SELECT pgflow._advance(NULL, NULL, NULL, NULL)", nil, stmtDenied, stmtDenied, stmtDenied},
+		{"_new_run_id", "SELECT pgflow._new_run_id()", nil, stmtDenied, stmtDenied, stmtDenied},
 		{"grant_client", "SELECT pgflow.grant_client(current_user, allow_cancel => true)", nil, stmtDenied, stmtDenied, stmtDenied},
 		{"grant_worker", "SELECT pgflow.grant_worker(current_user)", nil, stmtDenied, stmtDenied, stmtDenied},
 		{"grant table", "GRANT SELECT ON pgflow.step_tasks TO PUBLIC", nil, stmtDenied, stmtDenied, stmtDenied},

@@ -40,6 +40,16 @@
 -- Definitions
 ------------------------------------------------------------------------------
 
+-- _new_run_id returns a version 7 UUID: 48 bits of Unix time in
+-- milliseconds, then random bits. Runs started together get neighbouring
+-- ids, so the run, step state and task indexes (all led by run_id) grow at
+-- their right edge instead of taking inserts on random pages.
+CREATE FUNCTION pgflow._new_run_id() RETURNS uuid
+LANGUAGE sql VOLATILE PARALLEL SAFE
+RETURN encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+         PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+         FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid;
+
 CREATE FUNCTION pgflow.is_valid_slug(slug text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN slug IS NOT NULL AND slug ~ '^[a-z][a-z0-9_]{0,62}$';
@@ -685,7 +695,7 @@ BEGIN
   -- task per element of the input. A root fanout over [] is left to
   -- _advance below (it completes at once and may cascade).
   WITH ids AS MATERIALIZED (
-    SELECT coalesce(start_flows.run_ids[i.ord], gen_random_uuid()) AS run_id, coalesce(i.input, 'null') AS input, i.ord
+    SELECT coalesce(start_flows.run_ids[i.ord], pgflow._new_run_id()) AS run_id, coalesce(i.input, 'null') AS input, i.ord
     FROM unnest(inputs) WITH ORDINALITY AS i(input, ord)
   ), new_runs AS (
     INSERT INTO pgflow.runs (run_id, flow_slug, status, input, remaining_steps)
