@@ -1044,38 +1044,43 @@ BEGIN
          AS w(flow_slug, step_slug, with_run)
     JOIN pgflow.step_options so ON so.flow_slug = w.flow_slug AND so.step_slug = w.step_slug
     GROUP BY so.flow_slug, so.step_slug, so.step_type, so.deps_count, so.timeout, so.max_attempts, so.base_delay
+  ), locked AS (
+    -- The locked tasks, each with its run and its step's options: joined
+    -- here rather than looked up by a sub-select per updated row. A task
+    -- whose run or step definition is gone (deleted by hand) or whose run
+    -- has ended is cancelled below instead of handed out.
+    SELECT x.ctid AS tid, r.status AS run_status, r.input AS run_input,
+           o.step_type, o.deps_count, o.timeout, o.max_attempts, o.base_delay, o.with_run
+    FROM pgflow.step_tasks x
+    LEFT JOIN pgflow.runs r ON r.run_id = x.run_id
+    LEFT JOIN opts o ON o.flow_slug = x.flow_slug AND o.step_slug = x.step_slug
+    WHERE x.ctid = ANY (ARRAY(SELECT unnest(v_expired || v_queued)))
   ), claimed AS (
     UPDATE pgflow.step_tasks t
-    SET (status, attempt, failures, error_message, visible_at, started_at, ended_at, worker_id) = (
-      -- Always one row: a task whose run or step definition is gone
-      -- (deleted by hand) or whose run has ended is cancelled instead of
-      -- handed out.
-      SELECT CASE WHEN r.status = 'started' AND o.timeout IS NOT NULL THEN 'started' ELSE 'cancelled' END,
-             t.attempt + 1,
-             t.failures + (t.status = 'started')::int,
-             CASE WHEN t.status = 'started'
-                  THEN format('timeout: attempt %s did not finish within %s', t.attempt, o.timeout)
-                  ELSE t.error_message END,
-             -- The lease; when another attempt would remain after this one,
-             -- it also holds the retry delay that a timeout incurs.
-             now() + coalesce(o.timeout, interval '0') + coalesce(claim_tasks.lease_grace, interval '2 seconds')
-               + CASE WHEN t.failures + (t.status = 'started')::int + 1 < o.max_attempts
-                      THEN pgflow._retry_delay(o.base_delay, t.failures + (t.status = 'started')::int + 1)
-                      ELSE interval '0' END,
-             now(),
-             CASE WHEN r.status = 'started' AND o.timeout IS NOT NULL THEN NULL ELSE now() END,
-             claim_tasks.worker_id
-      FROM (SELECT) one
-      LEFT JOIN pgflow.runs r ON r.run_id = t.run_id
-      LEFT JOIN opts o ON o.flow_slug = t.flow_slug AND o.step_slug = t.step_slug)
-    -- Nothing but the addresses in this statement's FROM and WHERE: joined
-    -- to anything, the planner may walk an index of the task table instead.
-    WHERE t.ctid = ANY (ARRAY(SELECT unnest(v_expired || v_queued)))
-    RETURNING t.run_id, t.flow_slug, t.step_slug, t.task_index, t.attempt, t.status, t.item
+    SET status = CASE WHEN l.run_status = 'started' AND l.timeout IS NOT NULL THEN 'started' ELSE 'cancelled' END,
+        attempt = t.attempt + 1,
+        failures = t.failures + (t.status = 'started')::int,
+        error_message = CASE WHEN t.status = 'started'
+                             THEN format('timeout: attempt %s did not finish within %s', t.attempt, l.timeout)
+                             ELSE t.error_message END,
+        -- The lease; when another attempt would remain after this one, it
+        -- also holds the retry delay that a timeout incurs.
+        visible_at = now() + coalesce(l.timeout, interval '0') + coalesce(claim_tasks.lease_grace, interval '2 seconds')
+                     + CASE WHEN t.failures + (t.status = 'started')::int + 1 < l.max_attempts
+                            THEN pgflow._retry_delay(l.base_delay, t.failures + (t.status = 'started')::int + 1)
+                            ELSE interval '0' END,
+        started_at = now(),
+        ended_at = CASE WHEN l.run_status = 'started' AND l.timeout IS NOT NULL THEN NULL ELSE now() END,
+        worker_id = claim_tasks.worker_id
+    -- The same addresses: the planner reaches each task by its address.
+    FROM locked l
+    WHERE t.ctid = l.tid
+    RETURNING t.run_id, t.flow_slug, t.step_slug, t.task_index, t.attempt, t.status, t.item,
+              l.timeout, l.with_run, l.run_input, l.step_type, l.deps_count
   )
-  SELECT c.run_id, c.flow_slug, c.step_slug, c.task_index, c.attempt, o.timeout,
-         CASE WHEN o.with_run THEN (SELECT r.input FROM pgflow.runs r WHERE r.run_id = c.run_id) END,
-         CASE WHEN o.step_type = 'single' AND o.deps_count > 0 THEN
+  SELECT c.run_id, c.flow_slug, c.step_slug, c.task_index, c.attempt, c.timeout,
+         CASE WHEN c.with_run THEN c.run_input END,
+         CASE WHEN c.step_type = 'single' AND c.deps_count > 0 THEN
            (SELECT jsonb_object_agg(d.dep_slug, ss.output)
             FROM pgflow.deps d
             JOIN pgflow.step_states ss ON ss.run_id = c.run_id AND ss.step_slug = d.dep_slug
@@ -1083,7 +1088,6 @@ BEGIN
          END,
          c.item
   FROM claimed c
-  JOIN opts o ON o.flow_slug = c.flow_slug AND o.step_slug = c.step_slug
   WHERE c.status = 'started';
 END $$;
 
