@@ -2,7 +2,9 @@ package schema_test
 
 import (
 	"context"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -131,5 +133,89 @@ func explainingConn(t *testing.T, e *engine) (*pgx.Conn, func() []string) {
 		mu.Lock()
 		defer mu.Unlock()
 		return slices.Clone(plans)
+	}
+}
+
+// TestReportsReachOnlyTheirRows runs failures (retried and final),
+// releases, cancellation, completion and expired leases (taken over, then
+// reaped) beside 300 runs they have nothing
+// to do with, and checks with auto_explain that no statement filters its
+// way through a runtime table: the rows a report visits are the ones it
+// looks up by key.
+func TestReportsReachOnlyTheirRows(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("bystanders", "", step{slug: "a"})
+	e.flow("reported", "max_attempts => 2", step{slug: "a"}, step{slug: "b", deps: []string{"a"}})
+	e.exec(`SELECT pgflow.start_flows('bystanders', array_fill('{}'::jsonb, ARRAY[300]))`)
+	conn, plans := explainingConn(t, e)
+	if _, err := conn.Exec(e.ctx, "SET auto_explain.log_analyze = on"); err != nil {
+		t.Fatal(err)
+	}
+	var runs []string
+	for range 4 {
+		var run string
+		if err := conn.QueryRow(e.ctx, `SELECT pgflow.start_flow('reported', '{}')::text`).Scan(&run); err != nil {
+			t.Fatal(err)
+		}
+		runs = append(runs, run)
+	}
+	tasks := claimOn(t, e.ctx, conn, 10, "reported.a")
+	if len(tasks) != 4 {
+		t.Fatalf("claimed %d tasks, want 4", len(tasks))
+	}
+	byRun := map[string]task{}
+	for _, k := range tasks {
+		byRun[k.RunID] = k
+	}
+	exec := func(sql string, args ...any) {
+		t.Helper()
+		if _, err := conn.Exec(e.ctx, sql, args...); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	// Run 0: a failure that is retried, then a final one.
+	k := byRun[runs[0]]
+	exec(`SELECT pgflow.fail_tasks(ARRAY[$1::uuid], ARRAY[$2], ARRAY[$3::int], ARRAY[$4::int], ARRAY['once'], ARRAY[false])`,
+		k.RunID, k.Step, k.Index, k.Attempt)
+	e.makeVisible(runs[0])
+	retried := claimOn(t, e.ctx, conn, 10, "reported.a")
+	if len(retried) != 1 {
+		t.Fatalf("claimed %d retries, want 1", len(retried))
+	}
+	k = retried[0]
+	exec(`SELECT pgflow.fail_tasks(ARRAY[$1::uuid], ARRAY[$2], ARRAY[$3::int], ARRAY[$4::int], ARRAY['twice'], ARRAY[false])`,
+		k.RunID, k.Step, k.Index, k.Attempt)
+	// Run 1: released, then completed; run 2: cancelled.
+	k = byRun[runs[1]]
+	exec(`SELECT pgflow.release_tasks(ARRAY[$1::uuid], ARRAY[$2], ARRAY[$3::int], ARRAY[$4::int])`, k.RunID, k.Step, k.Index, k.Attempt)
+	again := claimOn(t, e.ctx, conn, 10, "reported.a")
+	if len(again) != 1 {
+		t.Fatalf("claimed %d released tasks, want 1", len(again))
+	}
+	k = again[0]
+	exec(`SELECT pgflow.complete_tasks(ARRAY[$1::uuid], ARRAY[$2], ARRAY[$3::int], ARRAY[$4::int], ARRAY['1'::jsonb])`, k.RunID, k.Step, k.Index, k.Attempt)
+	exec(`SELECT pgflow.cancel_run($1::uuid)`, runs[2])
+	// Run 3: its lease expires and is taken over, then expires again on
+	// the last attempt and fails the run.
+	for _, want := range []int{1, 0} {
+		e.exec(`UPDATE pgflow.step_tasks SET visible_at = now() - interval '1 second' WHERE run_id = $1::uuid AND status = 'started'`, runs[3])
+		if got := claimOn(t, e.ctx, conn, 10, "reported.a"); len(got) != want {
+			t.Fatalf("claimed %d expired tasks, want %d", len(got), want)
+		}
+	}
+	for i, want := range []string{"failed", "started", "cancelled", "failed"} {
+		if r := e.run(runs[i]); r.Status != want {
+			t.Fatalf("run %d: %s, want %s", i, r.Status, want)
+		}
+	}
+
+	removed := regexp.MustCompile(`Rows Removed by Filter: (\d+)`)
+	for _, p := range plans() {
+		for _, m := range removed.FindAllStringSubmatch(p, -1) {
+			if n, _ := strconv.Atoi(m[1]); n >= 100 {
+				t.Errorf("a statement filtered %d rows:\n%s", n, p)
+			}
+		}
 	}
 }

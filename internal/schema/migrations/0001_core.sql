@@ -801,13 +801,18 @@ BEGIN
   WHERE coalesce(f.permanent, false) OR t.failures + 1 >= so.max_attempts;
 
   -- The runs that will fail, then in one sorted sweep every step state of
-  -- those runs and of the batch's steps.
+  -- those runs and of the batch's steps. The keys are gathered first and
+  -- joined to the step states: written as one condition with OR, the
+  -- planner walks every step state and filters.
   IF v_final_runs IS NOT NULL THEN
     PERFORM 1 FROM pgflow.runs r WHERE r.run_id = ANY (v_final_runs) ORDER BY r.run_id FOR UPDATE;
   END IF;
-  PERFORM 1 FROM pgflow.step_states ss
-  WHERE ss.run_id = ANY (v_final_runs)
-     OR (ss.run_id, ss.step_slug) IN (SELECT x.run_id, x.step_slug FROM unnest(run_ids, step_slugs) AS x(run_id, step_slug))
+  PERFORM 1
+  FROM (SELECT DISTINCT k.run_id, k.step_slug
+        FROM (SELECT x.run_id, x.step_slug FROM unnest(run_ids, step_slugs) AS x(run_id, step_slug)
+              UNION ALL
+              SELECT s.run_id, s.step_slug FROM pgflow.step_states s WHERE s.run_id = ANY (v_final_runs)) k) keys
+  JOIN pgflow.step_states ss ON ss.run_id = keys.run_id AND ss.step_slug = keys.step_slug
   ORDER BY ss.run_id, ss.step_slug
   FOR UPDATE OF ss;
 
