@@ -137,8 +137,9 @@ func explainingConn(t *testing.T, e *engine) (*pgx.Conn, func() []string) {
 }
 
 // TestReportsReachOnlyTheirRows runs failures (retried and final),
-// releases, cancellation, completion and expired leases (taken over, then
-// reaped) beside 300 runs they have nothing
+// releases, cancellation, completion, expired leases (taken over, then
+// reaped) and fanouts (aggregated, empty, over a non-array) beside 300 runs
+// they have nothing
 // to do with, and checks with auto_explain that no statement filters its
 // way through a runtime table: the rows a report visits are the ones it
 // looks up by key.
@@ -209,6 +210,37 @@ func TestReportsReachOnlyTheirRows(t *testing.T) {
 			t.Fatalf("run %d: %s, want %s", i, r.Status, want)
 		}
 	}
+	// A fanout over a step's output, completed in two batches (the second
+	// aggregates it and starts the step after it), an empty fanout that
+	// completes at once, and one over a non-array that fails its run.
+	e.flow("fanned", "", step{slug: "a"}, step{slug: "each", deps: []string{"a"}, fanout: true},
+		step{slug: "sum", deps: []string{"each"}})
+	for _, output := range []string{`[1, 2, 3, 4, 5, 6]`, `[]`, `{"not": "an array"}`} {
+		exec(`SELECT pgflow.start_flow('fanned', '{}')`)
+		a := claimOn(t, e.ctx, conn, 10, "fanned.a")
+		if len(a) != 1 {
+			t.Fatalf("claimed %d tasks of a, want 1", len(a))
+		}
+		exec(`SELECT pgflow.complete_tasks(ARRAY[$1::uuid], ARRAY['a'], ARRAY[0], ARRAY[$2::int], ARRAY[$3::jsonb])`, a[0].RunID, a[0].Attempt, output)
+	}
+	each := claimOn(t, e.ctx, conn, 10, "fanned.each")
+	if len(each) != 6 {
+		t.Fatalf("claimed %d tasks of each, want 6", len(each))
+	}
+	for _, half := range [][]task{each[:3], each[3:]} {
+		var runIDs, steps []string
+		var indexes, attempts []int
+		for _, k := range half {
+			runIDs, steps = append(runIDs, k.RunID), append(steps, k.Step)
+			indexes, attempts = append(indexes, k.Index), append(attempts, k.Attempt)
+		}
+		exec(`SELECT pgflow.complete_tasks($1::uuid[], $2, $3, $4, array_fill('1'::jsonb, ARRAY[3]))`, runIDs, steps, indexes, attempts)
+	}
+	if sum := claimOn(t, e.ctx, conn, 10, "fanned.sum"); len(sum) != 2 {
+		t.Fatalf("claimed %d tasks of sum, want 2 (after the full and the empty fanout)", len(sum))
+	}
+	exec(`SELECT pgflow.next_visible_at('{fanned,reported}', '{sum,b}')`)
+	exec(`SELECT pgflow.get_run($1::uuid)`, runs[1])
 
 	removed := regexp.MustCompile(`Rows Removed by Filter: (\d+)`)
 	for _, p := range plans() {
