@@ -133,11 +133,11 @@ func (s *session) send(ctx context.Context, rs []result, exec func(context.Conte
 
 // keys returns the task keys and attempts of a batch, as the SQL wants them.
 func keys(rs []result) (runs [][16]byte, steps []string, indexes, attempts []int32) {
-	for _, r := range rs {
-		runs = append(runs, [16]byte(r.task.RunID))
-		steps = append(steps, r.task.Step)
-		indexes = append(indexes, int32(r.task.Index))
-		attempts = append(attempts, int32(r.task.Attempt))
+	runs, steps = make([][16]byte, len(rs)), make([]string, len(rs))
+	indexes, attempts = make([]int32, len(rs)), make([]int32, len(rs))
+	for i, r := range rs {
+		runs[i], steps[i] = [16]byte(r.task.RunID), r.task.Step
+		indexes[i], attempts[i] = int32(r.task.Index), int32(r.task.Attempt)
 	}
 	return runs, steps, indexes, attempts
 }
@@ -189,7 +189,7 @@ func (s *session) completeAndClaim(ctx context.Context, args []any, n int) (int,
 	})
 	b.Queue(claimSQL, s.claimArgs(n)...).Query(func(rows pgx.Rows) error {
 		var err error
-		claimed, err = scanClaimed(rows)
+		claimed, err = scanClaimed(rows, n)
 		return err
 	})
 	err := s.w.pool.SendBatch(ctx, b).Close()

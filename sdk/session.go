@@ -320,13 +320,13 @@ func (s *session) claim(ctx context.Context, n int) ([]claimed, error) {
 	if err != nil {
 		return nil, err
 	}
-	return scanClaimed(rows)
+	return scanClaimed(rows, n)
 }
 
-// scanClaimed reads the rows of claimSQL.
-func scanClaimed(rows pgx.Rows) ([]claimed, error) {
+// scanClaimed reads the rows of claimSQL, a claim of up to n tasks.
+func scanClaimed(rows pgx.Rows, n int) ([]claimed, error) {
 	var (
-		out                  []claimed
+		out                  = make([]claimed, 0, n)
 		run                  [16]byte
 		step, flow           string
 		index, attempt       int
