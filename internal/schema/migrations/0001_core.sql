@@ -664,20 +664,24 @@ BEGIN
       USING ERRCODE = 'PF005';
   END IF;
 
+  -- The flow is kept from changing while the runs start; its steps are
+  -- read in the next statement, which sees a definition change that
+  -- committed while this one waited for the lock.
   PERFORM 1 FROM pgflow.flows f WHERE f.flow_slug = start_flows.flow_slug FOR KEY SHARE;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'flow % does not exist', coalesce(to_jsonb(start_flows.flow_slug)::text, 'NULL')
       USING ERRCODE = 'PF001';
   END IF;
-  SELECT count(*) INTO v_steps FROM pgflow.steps s WHERE s.flow_slug = start_flows.flow_slug;
+  -- The number of steps, and the root fanout step if there is one.
+  SELECT count(*),
+         (array_agg(s.step_slug ORDER BY s.step_index) FILTER (WHERE s.step_type = 'fanout' AND s.deps_count = 0))[1]
+  INTO v_steps, v_root
+  FROM pgflow.steps s WHERE s.flow_slug = start_flows.flow_slug;
   IF v_steps = 0 THEN
     RAISE EXCEPTION 'flow % has no steps', to_jsonb(start_flows.flow_slug) USING ERRCODE = 'PF003';
   END IF;
 
-  SELECT s.step_slug INTO v_root FROM pgflow.steps s
-  WHERE s.flow_slug = start_flows.flow_slug AND s.step_type = 'fanout' AND s.deps_count = 0
-  ORDER BY s.step_index LIMIT 1;
-  IF FOUND THEN
+  IF v_root IS NOT NULL THEN
     SELECT i.ord, jsonb_typeof(coalesce(i.input, 'null')) AS got INTO v_bad
     FROM unnest(inputs) WITH ORDINALITY AS i(input, ord)
     WHERE jsonb_typeof(coalesce(i.input, 'null')) <> 'array'
