@@ -41,7 +41,7 @@ type session struct {
 	bgCtx context.Context
 
 	mu       sync.Mutex
-	inflight map[taskKey]*inflight
+	inflight map[*inflight]struct{} // the handlers running
 	// ended remembers, for a while, runs the worker heard have ended: a
 	// claim racing the end can still hand out one of their tasks.
 	ended    map[RunID]time.Time
@@ -62,12 +62,6 @@ type session struct {
 	seed      maphash.Seed
 	stopFlush chan struct{} // closed when no more results will be produced
 	flushDone chan struct{} // closed when every flusher has exited
-}
-
-type taskKey struct {
-	run   RunID
-	step  string
-	index int
 }
 
 type inflight struct {
@@ -106,7 +100,7 @@ func newSession(w *Worker) *session {
 		debug:     w.opts.Logger.Enabled(context.Background(), slog.LevelDebug),
 		regs:      w.regs,
 		flowSet:   map[string]bool{},
-		inflight:  map[taskKey]*inflight{},
+		inflight:  map[*inflight]struct{}{},
 		ended:     map[RunID]time.Time{},
 		drained:   make(chan struct{}, 1),
 		wake:      make(chan struct{}, 1),
@@ -380,7 +374,7 @@ func (s *session) start(c claimed) {
 	ctx, cancelDeadline := context.WithDeadline(ctx, now.Add(c.timeout))
 	inf := &inflight{task: c.task, cancel: cancel, started: now, deadline: now.Add(c.timeout), timeout: c.timeout}
 	s.mu.Lock()
-	s.inflight[keyOf(c.task)] = inf
+	s.inflight[inf] = struct{}{}
 	s.running++
 	s.mu.Unlock()
 	if s.debug {
@@ -392,8 +386,6 @@ func (s *session) start(c claimed) {
 		s.finish(inf, ctx, out, err)
 	}()
 }
-
-func keyOf(t *Task) taskKey { return taskKey{t.RunID, t.Step, t.Index} }
 
 func taskAttrs(t *Task, more ...any) []any {
 	return append([]any{"run_id", t.RunID.String(), "flow", t.Flow, "step", t.Step, "index", t.Index, "attempt", t.Attempt}, more...)
@@ -416,7 +408,7 @@ func (s *session) finish(inf *inflight, ctx context.Context, out any, err error)
 		s.mu.Unlock()
 		return
 	}
-	delete(s.inflight, keyOf(inf.task))
+	delete(s.inflight, inf)
 	s.mu.Unlock()
 	defer s.freeSlot()
 
@@ -514,7 +506,7 @@ func (s *session) waitDrained(timeout time.Duration) {
 func (s *session) releaseRemaining() {
 	s.mu.Lock()
 	var tasks []*Task
-	for _, inf := range s.inflight {
+	for inf := range s.inflight {
 		inf.abandoned = true
 		tasks = append(tasks, inf.task)
 		s.running--
@@ -544,10 +536,10 @@ func (s *session) sweepLoop(ctx context.Context) {
 		case now := <-tick.C:
 			var late []*inflight
 			s.mu.Lock()
-			for k, inf := range s.inflight {
+			for inf := range s.inflight {
 				if now.After(inf.deadline.Add(s.opts.LeaseGrace / 2)) {
 					inf.abandoned = true
-					delete(s.inflight, k)
+					delete(s.inflight, inf)
 					late = append(late, inf)
 				}
 			}
@@ -596,7 +588,7 @@ func (s *session) cancelRuns(ids []RunID) {
 	for _, id := range ids {
 		s.ended[id] = now
 	}
-	for _, inf := range s.inflight {
+	for inf := range s.inflight {
 		if _, ok := s.ended[inf.task.RunID]; ok {
 			inf.cancel(errRunEnded)
 		}
@@ -608,7 +600,7 @@ func (s *session) cancelRuns(ids []RunID) {
 func (s *session) checkEndedRuns(ctx context.Context) {
 	s.mu.Lock()
 	var ids []RunID
-	for _, inf := range s.inflight {
+	for inf := range s.inflight {
 		ids = append(ids, inf.task.RunID)
 	}
 	s.mu.Unlock()
