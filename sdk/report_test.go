@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgflow-go/pgflow/sdk"
 )
@@ -218,3 +220,116 @@ func TestReporters(t *testing.T) {
 		})
 	}
 }
+
+// TestShutdownWaitsForAReportsClaim stops a worker while a report, and the
+// claim that goes with it, is in flight: the report of step "a" claims the
+// task of step "b" it has just queued, and that task runs to its end during
+// the shutdown instead of starting with a cancelled context (a failed
+// attempt, and with one attempt allowed, a failed run).
+func TestShutdownWaitsForAReportsClaim(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	type out struct {
+		B int `json:"b"`
+	}
+	flow := sdk.NewFlow[int, out](sdk.FlowSpec{Slug: "shutdown_claim", MaxAttempts: 1, Steps: []sdk.StepSpec{
+		{Slug: "a"}, {Slug: "b", Deps: []string{"a"}}}})
+
+	tracer := &holdFirstBatch{entered: make(chan struct{}), release: make(chan struct{})}
+	cfg := e.pool.Config().Copy()
+	cfg.ConnConfig.Tracer = tracer
+	pool, err := pgxpool.NewWithConfig(e.ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+
+	stopping := make(chan struct{})
+	logger := slog.New(&onMessage{message: "pgflow: worker stopping", seen: stopping})
+	w := sdk.NewWorker(pool, sdk.WorkerOptions{Concurrency: 2, Logger: logger})
+	sdk.HandleStep(w, flow, "a", func(ctx context.Context, in int, _ struct{}) (int, error) {
+		return in + 1, ctx.Err()
+	})
+	sdk.HandleStep(w, flow, "b", func(ctx context.Context, _ int, deps struct {
+		A int `json:"a"`
+	}) (int, error) {
+		return deps.A * 10, ctx.Err()
+	})
+	ctx, cancel := context.WithCancel(e.ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+
+	run, err := flow.Start(e.ctx, e.client, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The report of "a" (with its claim) is held until the worker stops.
+	select {
+	case <-tracer.entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no report was sent")
+	}
+	cancel()
+	select {
+	case <-stopping:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the worker did not start stopping")
+	}
+	close(tracer.release)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return")
+	}
+
+	got, err := run.Wait(e.waitCtx(10 * time.Second))
+	if err != nil {
+		t.Fatalf("the run did not complete during the shutdown: %v", err)
+	}
+	if got.B != 50 {
+		t.Fatalf("b = %d, want 50", got.B)
+	}
+}
+
+// holdFirstBatch holds the first batch a pool sends (a report with its
+// claim) until release is closed.
+type holdFirstBatch struct {
+	once    sync.Once
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (h *holdFirstBatch) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	return ctx
+}
+func (h *holdFirstBatch) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (h *holdFirstBatch) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	h.once.Do(func() {
+		close(h.entered)
+		<-h.release
+	})
+	return ctx
+}
+func (h *holdFirstBatch) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
+func (h *holdFirstBatch) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
+
+// onMessage is a slog handler that closes seen when a record with the
+// given message is logged.
+type onMessage struct {
+	message string
+	seen    chan struct{}
+	once    sync.Once
+}
+
+func (h *onMessage) Enabled(context.Context, slog.Level) bool { return true }
+func (h *onMessage) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.message {
+		h.once.Do(func() { close(h.seen) })
+	}
+	return nil
+}
+func (h *onMessage) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *onMessage) WithGroup(string) slog.Handler      { return h }

@@ -47,7 +47,7 @@ type session struct {
 	ended    map[RunID]time.Time
 	running  int           // occupied handler slots
 	reserved int           // slots held for a claim in flight
-	drained  chan struct{} // signalled when running drops to 0
+	drained  chan struct{} // signalled when no handler runs and no claim is in flight
 	// claiming is true while the claim loop runs; results are reported
 	// together with a claim only then.
 	claiming atomic.Bool
@@ -295,6 +295,9 @@ func (s *session) startClaimed(claimed []claimed, n int) {
 	}
 	s.mu.Lock()
 	s.reserved -= n
+	if s.running == 0 && s.reserved == 0 {
+		signal(s.drained)
+	}
 	s.mu.Unlock()
 }
 
@@ -474,11 +477,18 @@ type runStep struct {
 func (s *session) freeSlot() {
 	s.mu.Lock()
 	s.running--
-	if s.running == 0 {
+	if s.running == 0 && s.reserved == 0 {
 		signal(s.drained)
 	}
 	s.mu.Unlock()
 	signal(s.freed)
+}
+
+// busy reports whether a handler runs or a claim is in flight.
+func (s *session) busy() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.running > 0 || s.reserved > 0
 }
 
 func (s *session) runningCount() int {
@@ -487,11 +497,14 @@ func (s *session) runningCount() int {
 	return s.running
 }
 
-// waitDrained waits until no handler runs, or the timeout.
+// waitDrained waits until no handler runs and no claim is in flight, or
+// the timeout. A report's claim can still be in flight when the claim loop
+// stops: its tasks start when it returns, and are waited for like the
+// others (started after the handlers were cancelled, they would fail).
 func (s *session) waitDrained(timeout time.Duration) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	for s.runningCount() > 0 {
+	for s.busy() {
 		select {
 		case <-s.drained:
 		case <-deadline.C:
