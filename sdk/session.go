@@ -189,9 +189,11 @@ func (s *session) run(ctx context.Context) {
 		<-s.flushDone
 	}
 	stopFlushing()
-	s.markStopped()
+	// The heartbeat stops before the stop is recorded: a heartbeat after
+	// it would mark the worker alive again.
 	stopBackground()
 	bg.Wait()
+	s.markStopped()
 	s.stopAll(errShutdown)
 	s.logger.Info("pgflow: worker stopped", "worker_id", s.w.ID().String())
 }

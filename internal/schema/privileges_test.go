@@ -679,6 +679,11 @@ func TestSDKAsLeastPrivilegedRoles(t *testing.T) {
 
 	workerPool, clientPool := poolAs(t, ctx, dbURL, workerRole), poolAs(t, ctx, dbURL, clientRole)
 	var logs lockedBuffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("worker and client logs:\n%s", logs.String())
+		}
+	})
 	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	client := sdk.NewClient(clientPool, sdk.WithClientLogger(logger))
 	t.Cleanup(client.Close)
