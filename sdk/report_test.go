@@ -333,3 +333,40 @@ func (h *onMessage) Handle(_ context.Context, r slog.Record) error {
 }
 func (h *onMessage) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h *onMessage) WithGroup(string) slog.Handler      { return h }
+
+// TestShutdownTimeoutDoesNotBoundClaims runs a worker whose shutdown
+// timeout is far shorter than a claim: claims are bounded by it only once
+// the worker stops, so the fanout drains without a failed claim (a claim
+// given up after it committed would leave its tasks leased, unworked).
+func TestShutdownTimeoutDoesNotBoundClaims(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	flow := sdk.NewFlow[[]int, struct {
+		Each []int `json:"each"`
+	}](sdk.FlowSpec{Slug: "short_shutdown", Steps: []sdk.StepSpec{{Slug: "each", Fanout: true}}})
+	failed := make(chan struct{})
+	logger := slog.New(&onMessage{message: "pgflow: claiming tasks failed; retrying", seen: failed})
+	e.startWorker(sdk.WorkerOptions{Concurrency: 8, ShutdownTimeout: time.Microsecond, Logger: logger}, func(w *sdk.Worker) {
+		sdk.HandleFanout(w, flow, "each", func(ctx context.Context, i int) (int, error) { return i, nil })
+	})
+	items := make([]int, 200)
+	for i := range items {
+		items[i] = i
+	}
+	run, err := flow.Start(e.ctx, e.client, items)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := run.Wait(e.waitCtx(60 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Each) != len(items) {
+		t.Fatalf("%d outputs, want %d", len(out.Each), len(items))
+	}
+	select {
+	case <-failed:
+		t.Fatal("a claim failed")
+	default:
+	}
+}

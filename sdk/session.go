@@ -308,14 +308,17 @@ func (s *session) claimArgs(n int) []any {
 	return []any{s.w.id, s.flowSlugs, s.stepSlugs, n, s.withRun, s.opts.LeaseGrace}
 }
 
-// claim claims up to n tasks. A shutdown does not interrupt a claim in
-// flight: the claim may have committed already, and its tasks would then
-// stay leased to this worker, unworked, until their leases expired. Its
-// tasks start, and the shutdown waits for them like for any other.
+// claim claims up to n tasks. A shutdown (ctx done) does not interrupt a
+// claim in flight at once: the claim may have committed already, and its
+// tasks would then stay leased to this worker, unworked, until their
+// leases expired. It gets the shutdown timeout to finish; its tasks start,
+// and the shutdown waits for them like for any other.
 func (s *session) claim(ctx context.Context, n int) ([]claimed, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ShutdownTimeout)
+	claimCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	rows, err := s.w.pool.Query(ctx, claimSQL, s.claimArgs(n)...)
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(s.opts.ShutdownTimeout, cancel) })
+	defer stop()
+	rows, err := s.w.pool.Query(claimCtx, claimSQL, s.claimArgs(n)...)
 	if err != nil {
 		return nil, err
 	}
