@@ -1,7 +1,6 @@
 package sdk_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgflow-go/pgflow/internal/testdb"
 	"github.com/pgflow-go/pgflow/sdk"
 )
 
@@ -187,7 +187,7 @@ func TestUnreachableDatabase(t *testing.T) {
 	}
 
 	// A worker keeps retrying, says why, and returns when its context ends.
-	var logs syncBuffer
+	var logs testdb.Buffer
 	w := sdk.NewWorker(pool, sdk.WorkerOptions{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	registerLinear(w)
 	runCtx, stop := context.WithTimeout(ctx, time.Second)
@@ -226,22 +226,4 @@ func TestSchemaChecks(t *testing.T) {
 	if _, err := e.client.StartFlow(e.ctx, "linear", json.RawMessage(`{}`)); !errors.Is(err, sdk.ErrSchemaMissing) {
 		t.Fatalf("start without the schema: %v", err)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the logger's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

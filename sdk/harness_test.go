@@ -103,3 +103,12 @@ func (e *env) waitCtx(d time.Duration) context.Context {
 	e.t.Cleanup(cancel)
 	return ctx
 }
+
+// sequence returns 0, 1, …, n-1.
+func sequence(n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = i
+	}
+	return s
+}

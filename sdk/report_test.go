@@ -43,10 +43,7 @@ func TestConcurrencyIsACap(t *testing.T) {
 			return i, nil
 		})
 	})
-	items := make([]int, n)
-	for i := range items {
-		items[i] = i
-	}
+	items := sequence(n)
 	run, err := flow.Start(e.ctx, e.client, items)
 	if err != nil {
 		t.Fatal(err)
@@ -89,10 +86,7 @@ func TestRejectedOutputAmongOthers(t *testing.T) {
 			return json.RawMessage(`1`), nil
 		})
 	})
-	items := make([]int, n)
-	for i := range items {
-		items[i] = i
-	}
+	items := sequence(n)
 	run, err := flow.Start(e.ctx, e.client, items)
 	if err != nil {
 		t.Fatal(err)
@@ -174,10 +168,7 @@ func TestReporters(t *testing.T) {
 					return -i, nil
 				})
 			})
-			items := make([]int, width)
-			for i := range items {
-				items[i] = i
-			}
+			items := sequence(width)
 			big, err := fanout.Start(e.ctx, e.client, items)
 			if err != nil {
 				t.Fatal(err)
@@ -349,10 +340,7 @@ func TestShutdownTimeoutDoesNotBoundClaims(t *testing.T) {
 	e.startWorker(sdk.WorkerOptions{Concurrency: 8, ShutdownTimeout: time.Microsecond, Logger: logger}, func(w *sdk.Worker) {
 		sdk.HandleFanout(w, flow, "each", func(ctx context.Context, i int) (int, error) { return i, nil })
 	})
-	items := make([]int, 200)
-	for i := range items {
-		items[i] = i
-	}
+	items := sequence(200)
 	run, err := flow.Start(e.ctx, e.client, items)
 	if err != nil {
 		t.Fatal(err)

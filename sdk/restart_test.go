@@ -43,10 +43,7 @@ func TestPostgresRestartDuringRun(t *testing.T) {
 	ran := map[int]int{}
 	worker := e.startWorker(sdk.WorkerOptions{Concurrency: 8, PollInterval: 200 * time.Millisecond}, func(w *sdk.Worker) {
 		sdk.HandleStep(w, fanoutFlow, "items", func(ctx context.Context, n int, _ struct{}) ([]int, error) {
-			items := make([]int, n)
-			for i := range items {
-				items[i] = i
-			}
+			items := sequence(n)
 			return items, nil
 		})
 		sdk.HandleFanout(w, fanoutFlow, "square", func(ctx context.Context, i int) (square, error) {

@@ -151,10 +151,7 @@ var fanoutFlow = sdk.NewFlow[int, fanoutOut](sdk.FlowSpec{
 
 func registerFanout(w *sdk.Worker, calls *sync.Map) {
 	sdk.HandleStep(w, fanoutFlow, "items", func(ctx context.Context, n int, _ struct{}) ([]int, error) {
-		items := make([]int, n)
-		for i := range items {
-			items[i] = i
-		}
+		items := sequence(n)
 		return items, nil
 	})
 	sdk.HandleFanout(w, fanoutFlow, "square", func(ctx context.Context, i int) (square, error) {

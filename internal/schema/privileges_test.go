@@ -1,7 +1,6 @@
 package schema_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -628,24 +627,6 @@ func TestPrivilegeDocsMatch(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer safe for concurrent writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestSDKAsLeastPrivilegedRoles runs the real Go runtime as the two roles,
 // on a schema installed by an owner who is not a superuser: whatever the
 // worker and the client do, the grants cover it.
@@ -678,7 +659,7 @@ func TestSDKAsLeastPrivilegedRoles(t *testing.T) {
 	callGrant(t, ctx, owner, "grant_client", clientRole.name)
 
 	workerPool, clientPool := poolAs(t, ctx, dbURL, workerRole), poolAs(t, ctx, dbURL, clientRole)
-	var logs lockedBuffer
+	var logs testdb.Buffer
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("worker and client logs:\n%s", logs.String())
