@@ -40,6 +40,12 @@ type session struct {
 	// bgCtx lives as long as the background loops (listener, heartbeat).
 	bgCtx context.Context
 
+	// idle hands a task's handler to a goroutine that has finished its
+	// last one (goroutines are reused: a new one would grow its stack anew
+	// for every task); retire, closed when the session ends, ends them.
+	idle   chan func()
+	retire chan struct{}
+
 	mu       sync.Mutex
 	inflight map[*inflight]struct{} // the handlers running
 	// ended remembers, for a while, runs the worker heard have ended: a
@@ -66,11 +72,12 @@ type session struct {
 
 type inflight struct {
 	task      *Task
-	cancel    context.CancelCauseFunc
+	cancel    context.CancelFunc
 	started   time.Time
 	deadline  time.Time
 	timeout   time.Duration
 	abandoned bool // reported or released already; the handler's result is dropped
+	runEnded  bool // cancelled because its run ended; the handler's result is dropped
 }
 
 // result is what the flusher reports for one task attempt.
@@ -83,7 +90,6 @@ type result struct {
 }
 
 var (
-	errRunEnded = errors.New("pgflow: the run ended (failed or cancelled)")
 	errShutdown = errors.New("pgflow: worker shutting down")
 )
 
@@ -106,6 +112,8 @@ func newSession(w *Worker) *session {
 		wake:      make(chan struct{}, 1),
 		freed:     make(chan struct{}, 1),
 		seed:      maphash.MakeSeed(),
+		idle:      make(chan func()),
+		retire:    make(chan struct{}),
 		stopFlush: make(chan struct{}),
 		flushDone: make(chan struct{}),
 	}
@@ -195,6 +203,7 @@ func (s *session) run(ctx context.Context) {
 	bg.Wait()
 	s.markStopped()
 	s.stopAll(errShutdown)
+	close(s.retire)
 	s.logger.Info("pgflow: worker stopped", "worker_id", s.w.ID().String())
 }
 
@@ -364,7 +373,7 @@ func (s *session) untilNextVisible(ctx context.Context) time.Duration {
 	return min(max(time.Until(*next), time.Millisecond), s.opts.PollInterval)
 }
 
-// start runs a claimed task's handler on its own goroutine; the task of a
+// start runs a claimed task's handler on a goroutine of its own; the task of a
 // run known to have ended is handed back instead (the database then
 // cancels it).
 func (s *session) start(c claimed) {
@@ -378,8 +387,7 @@ func (s *session) start(c claimed) {
 	}
 	reg := s.regs[stepKey{c.task.Flow, c.task.Step}]
 	now := time.Now()
-	ctx, cancel := context.WithCancelCause(context.WithValue(s.handlerCtx, taskContextKey{}, c.task))
-	ctx, cancelDeadline := context.WithDeadline(ctx, now.Add(c.timeout))
+	ctx, cancel := context.WithDeadline(context.WithValue(s.handlerCtx, taskContextKey{}, c.task), now.Add(c.timeout))
 	inf := &inflight{task: c.task, cancel: cancel, started: now, deadline: now.Add(c.timeout), timeout: c.timeout}
 	s.mu.Lock()
 	s.inflight[inf] = struct{}{}
@@ -388,11 +396,33 @@ func (s *session) start(c claimed) {
 	if s.debug {
 		s.logger.Debug("pgflow: task started", taskAttrs(c.task)...)
 	}
-	go func() {
-		defer cancelDeadline()
+	s.launch(func() {
+		defer cancel()
 		out, err := call(ctx, reg.handler, c.task)
 		s.finish(inf, ctx, out, err)
-	}()
+	})
+}
+
+// launch runs f on an idle handler goroutine, or on a new one when none is
+// idle.
+func (s *session) launch(f func()) {
+	select {
+	case s.idle <- f:
+	default:
+		go s.handlerLoop(f)
+	}
+}
+
+// handlerLoop runs f, then whatever launch hands it, until the session ends.
+func (s *session) handlerLoop(f func()) {
+	for {
+		f()
+		select {
+		case f = <-s.idle:
+		case <-s.retire:
+			return
+		}
+	}
 }
 
 func taskAttrs(t *Task, more ...any) []any {
@@ -417,12 +447,13 @@ func (s *session) finish(inf *inflight, ctx context.Context, out any, err error)
 		return
 	}
 	delete(s.inflight, inf)
+	runEnded := inf.runEnded
 	s.mu.Unlock()
 	defer s.freeSlot()
 
 	t := inf.task
 	elapsed := time.Since(inf.started)
-	if errors.Is(context.Cause(ctx), errRunEnded) {
+	if runEnded {
 		s.logger.Debug("pgflow: task dropped: its run ended", taskAttrs(t, "duration", elapsed)...)
 		return
 	}
@@ -608,7 +639,8 @@ func (s *session) cancelRuns(ids []RunID) {
 	}
 	for inf := range s.inflight {
 		if _, ok := s.ended[inf.task.RunID]; ok {
-			inf.cancel(errRunEnded)
+			inf.runEnded = true
+			inf.cancel()
 		}
 	}
 }
