@@ -923,3 +923,69 @@ func TestRelease(t *testing.T) {
 		t.Fatalf("release of a cancelled run's task applied")
 	}
 }
+
+// One batch mixes single steps and fanout tasks (a fanout's first task and
+// its others): the single steps complete on their own path, the fanout
+// tasks on the general one, and each run moves on exactly once. A single
+// step that releases a fanout over an empty array completes it on the way,
+// and a run whose leaves complete in the same batch gets them all.
+func TestBatchOfSinglesAndFanoutTasks(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("pair", "",
+		step{slug: "first"},
+		step{slug: "second", deps: []string{"first"}},
+		step{slug: "none", deps: []string{"first"}, fanout: true})
+	e.flow("spread", "",
+		step{slug: "each", fanout: true},
+		step{slug: "sum", deps: []string{"each"}})
+	e.flow("twin", "",
+		step{slug: "left"},
+		step{slug: "right"})
+	pair, spread, twin := e.start("pair", `{}`), e.start("spread", `[10, 20, 30]`), e.start("twin", `{}`)
+	all := []string{"pair.first", "pair.second", "pair.none", "spread.each", "spread.sum", "twin.left", "twin.right"}
+	batch := e.claim(10, all...)
+	if len(batch) != 6 {
+		t.Fatalf("claimed %+v, want 6 tasks", batch)
+	}
+	out := func(k task) string {
+		switch k.Step {
+		case "first":
+			return `[]`
+		case "each":
+			return fmt.Sprintf(`{"i": %d}`, k.Index)
+		}
+		return fmt.Sprintf(`%q`, k.Step)
+	}
+	if n, err := completeBatch(e.ctx, e.pool, batch, out); err != nil || n != 6 {
+		t.Fatalf("batch: %d, %v", n, err)
+	}
+	if r := e.run(twin); r.Status != "completed" {
+		t.Fatalf("twin run %s", r.Status)
+	} else {
+		jsonEqual(t, "twin output", string(r.Output), `{"left": "left", "right": "right"}`)
+	}
+	jsonEqual(t, "pair none", e.stepOutput(pair, "none"), `[]`)
+	if r := e.run(pair); r.Status != "started" || r.RemainingSteps != 1 {
+		t.Fatalf("pair run %s with %d steps left, want started with 1", r.Status, r.RemainingSteps)
+	}
+	next := e.claim(10, all...)
+	if len(next) != 2 {
+		t.Fatalf("claimed %+v, want second and sum", next)
+	}
+	for _, k := range next {
+		if k.Step == "sum" {
+			jsonEqual(t, "sum deps", k.Deps, `{"each": [{"i": 0}, {"i": 1}, {"i": 2}]}`)
+		}
+	}
+	if n, err := completeBatch(e.ctx, e.pool, next, out); err != nil || n != 2 {
+		t.Fatalf("next: %d, %v", n, err)
+	}
+	for run, want := range map[string]string{pair: `{"second": "second", "none": []}`, spread: `{"sum": "sum"}`} {
+		r := e.run(run)
+		if r.Status != "completed" || r.RemainingSteps != 0 {
+			t.Fatalf("run %s: %s with %d steps left", run, r.Status, r.RemainingSteps)
+		}
+		jsonEqual(t, "run output", string(r.Output), want)
+	}
+}

@@ -490,6 +490,7 @@ BEGIN
       -- Release the dependents of the completed steps. A single step with
       -- no dependency left starts right here (its one task needs nothing
       -- but its key); other steps with none left are ready, and start below.
+      -- (complete_tasks releases for single steps with the same statement.)
       WITH done AS (
         SELECT x.run_id, x.step_slug FROM unnest(v_done_runs, v_done_steps) AS x(run_id, step_slug)
       ), dependents AS (
@@ -1180,6 +1181,10 @@ END $$;
 -- and returns how many applied. The completion that brings a step's
 -- remaining tasks to zero completes the step, aggregating a fanout step's
 -- output as a JSON array ordered by task index, and moves the run on.
+-- Three paths: fanout tasks that cannot finish their step (the fast path);
+-- single steps, each finished by its one task, in one statement that also
+-- moves their runs on; everything else through _complete_batch and
+-- _advance (the general path).
 CREATE FUNCTION pgflow.complete_tasks(
   run_ids      uuid[],
   step_slugs   text[],
@@ -1189,14 +1194,20 @@ CREATE FUNCTION pgflow.complete_tasks(
 ) RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
-  v_guarded    boolean;
-  v_steps      int;
-  v_counted    int;
-  v_applied    int;
-  v_done_runs  uuid[];
-  v_done_steps text[];
-  v_fanouts    int;
-  v_release    boolean;  -- whether a completed step has dependents
+  v_guarded     boolean;
+  v_steps       int;
+  v_counted     int;
+  v_applied     int;
+  v_done_runs   uuid[];
+  v_done_steps  text[];
+  v_fanouts     int;
+  v_release     boolean;  -- whether a completed step has dependents
+  v_rest        int[];  -- positions of the results left to the general path
+  v_ready_runs  uuid[];
+  v_ready_steps text[];
+  v_flows       text[];
+  v_ended       text[];
+  v_more        int;
 BEGIN
   IF coalesce(cardinality(run_ids), 0) = 0 THEN
     RETURN 0;
@@ -1245,25 +1256,135 @@ BEGIN
   WHERE r.run_id = ANY (run_ids)
   ORDER BY r.run_id, ss.step_slug
   FOR UPDATE OF r, ss;
-  SELECT * INTO v_counted, v_steps, v_applied, v_done_runs, v_done_steps, v_fanouts, v_release
-  FROM pgflow._complete_batch(run_ids, step_slugs, task_indexes, attempts, outputs, false);
 
-  IF v_fanouts > 0 THEN
-    -- Complete the fanout steps that reached zero: a new statement, so it
-    -- sees every task output committed before the step state locks were
-    -- granted, plus this batch's own.
+  -- Single steps (the first task of a step whose type is single) complete
+  -- in one statement: the task, its step state, the dependents it releases
+  -- (a single dependent with nothing left to wait for gets its task at
+  -- once) and the run's count of remaining steps, completing the run with
+  -- the output of its leaf steps when none is left. Everything else in the
+  -- batch (fanout tasks) is left to the general path below.
+  WITH c AS (
+    SELECT * FROM unnest(run_ids, step_slugs, task_indexes, attempts, outputs) WITH ORDINALITY
+             AS c(run_id, step_slug, task_index, attempt, output, ord)
+  ), k AS MATERIALIZED (
+    -- Each first task's step type and flow, and its run's status.
+    SELECT c.run_id, c.step_slug, c.task_index, c.attempt, c.output, c.ord, ss.flow_slug,
+           (SELECT s.step_type FROM pgflow.steps s WHERE s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug) AS step_type,
+           (SELECT r.status FROM pgflow.runs r WHERE r.run_id = c.run_id) AS run_status
+    FROM c
+    JOIN pgflow.step_states ss ON ss.run_id = c.run_id AND ss.step_slug = c.step_slug
+    WHERE c.task_index = 0
+  ), done AS (
+    -- A task whose run has ended (a race with a cancel) is cancelled.
+    UPDATE pgflow.step_tasks t
+    SET status = CASE WHEN k.run_status = 'started' THEN 'completed' ELSE 'cancelled' END,
+        ended_at = now()
+    FROM k
+    WHERE k.step_type = 'single'
+      AND t.run_id = k.run_id AND t.step_slug = k.step_slug AND t.task_index = k.task_index
+      AND t.attempt = k.attempt AND (t.status = 'started') IS TRUE
+    RETURNING t.run_id, t.step_slug, t.flow_slug, t.status, coalesce(k.output, 'null'::jsonb) AS output
+  ), completed AS (
     UPDATE pgflow.step_states ss
-    SET status = 'completed', ended_at = now(),
-        output = (SELECT coalesce(jsonb_agg(t.output ORDER BY t.task_index), '[]')
-                  FROM pgflow.step_tasks t
-                  WHERE t.run_id = ss.run_id AND t.step_slug = ss.step_slug)
-    FROM unnest(v_done_runs, v_done_steps) AS d(run_id, step_slug), pgflow.steps s
-    WHERE ss.run_id = d.run_id AND ss.step_slug = d.step_slug
-      AND s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug
-      AND s.step_type = 'fanout';
+    SET status = 'completed', remaining_tasks = ss.remaining_tasks - 1, output = done.output, ended_at = now()
+    FROM done
+    WHERE done.status = 'completed'
+      AND ss.run_id = done.run_id AND ss.step_slug = done.step_slug AND ss.status = 'started'
+    RETURNING ss.run_id, ss.step_slug, ss.flow_slug, ss.output,
+              EXISTS (SELECT 1 FROM pgflow.deps d WHERE d.flow_slug = ss.flow_slug AND d.dep_slug = ss.step_slug) AS has_dependents
+  ), dependents AS (
+    SELECT cm.run_id, d.step_slug, count(*)::int AS n, s.step_type = 'single' AS single,
+           coalesce(s.opt_start_delay, interval '0') AS start_delay
+    FROM completed cm
+    JOIN pgflow.deps d ON d.flow_slug = cm.flow_slug AND d.dep_slug = cm.step_slug
+    JOIN pgflow.steps s ON s.flow_slug = d.flow_slug AND s.step_slug = d.step_slug
+    WHERE cm.has_dependents
+    GROUP BY cm.run_id, d.step_slug, s.step_type, s.opt_start_delay
+  ), released AS (
+    -- The release of _advance, written out again here: calling _advance
+    -- (or a shared function) costs a chain step about a third of its
+    -- completion time.
+    UPDATE pgflow.step_states ss
+    SET remaining_deps = ss.remaining_deps - dep.n,
+        status = CASE WHEN dep.single AND ss.remaining_deps = dep.n THEN 'started' ELSE ss.status END,
+        total_tasks = CASE WHEN dep.single AND ss.remaining_deps = dep.n THEN 1 ELSE ss.total_tasks END,
+        remaining_tasks = CASE WHEN dep.single AND ss.remaining_deps = dep.n THEN 1 ELSE ss.remaining_tasks END,
+        started_at = CASE WHEN dep.single AND ss.remaining_deps = dep.n THEN now() ELSE ss.started_at END
+    FROM dependents dep
+    WHERE ss.run_id = dep.run_id AND ss.step_slug = dep.step_slug AND ss.status = 'created'
+    RETURNING ss.run_id, ss.step_slug, ss.flow_slug, ss.status, ss.remaining_deps, dep.start_delay
+  ), queued AS (
+    INSERT INTO pgflow.step_tasks (run_id, step_slug, task_index, flow_slug, status, visible_at, item)
+    SELECT released.run_id, released.step_slug, 0, released.flow_slug, 'queued', now() + released.start_delay, NULL
+    FROM released WHERE released.status = 'started'
+  ), counts AS (
+    SELECT cm.run_id, count(*)::int AS n,
+           jsonb_object_agg(cm.step_slug, cm.output) FILTER (WHERE NOT cm.has_dependents) AS leaves
+    FROM completed cm GROUP BY cm.run_id
+  ), runs_done AS (
+    -- The run output is an object keyed by leaf step slug: the outputs in
+    -- the leaf step states, overridden by those of the leaf steps completed
+    -- here (this statement reads their step states as they were before).
+    UPDATE pgflow.runs r
+    SET remaining_steps = r.remaining_steps - counts.n,
+        status = CASE WHEN r.remaining_steps = counts.n THEN 'completed' ELSE r.status END,
+        ended_at = CASE WHEN r.remaining_steps = counts.n THEN now() ELSE r.ended_at END,
+        output = CASE WHEN r.remaining_steps = counts.n THEN
+                   coalesce((SELECT jsonb_object_agg(ss.step_slug, ss.output)
+                             FROM pgflow.step_states ss
+                             WHERE ss.run_id = r.run_id
+                               AND NOT EXISTS (SELECT 1 FROM pgflow.deps d
+                                               WHERE d.flow_slug = ss.flow_slug AND d.dep_slug = ss.step_slug)), '{}')
+                   || coalesce(counts.leaves, '{}')
+                 ELSE r.output END
+    FROM counts
+    WHERE r.run_id = counts.run_id AND r.status = 'started'
+    RETURNING r.run_id, r.status
+  )
+  SELECT (SELECT count(*)::int FROM completed),
+         ARRAY(SELECT c.ord::int FROM c WHERE c.task_index <> 0
+               UNION ALL SELECT k.ord::int FROM k WHERE k.step_type IS DISTINCT FROM 'single'),
+         (SELECT array_agg(released.run_id) FROM released WHERE released.status = 'created' AND released.remaining_deps = 0),
+         (SELECT array_agg(released.step_slug) FROM released WHERE released.status = 'created' AND released.remaining_deps = 0),
+         ARRAY(SELECT DISTINCT released.flow_slug FROM released WHERE released.status = 'started'),
+         ARRAY(SELECT json_build_object('status', 'completed', 'run_ids', json_agg(e.run_id))::text
+               FROM (SELECT runs_done.run_id, (row_number() OVER () - 1) / 100 AS chunk
+                     FROM runs_done WHERE runs_done.status = 'completed') e
+               GROUP BY e.chunk)
+  INTO v_applied, v_rest, v_ready_runs, v_ready_steps, v_flows, v_ended;
+
+  PERFORM pg_notify('pgflow_tasks', f) FROM unnest(v_flows) AS f;
+  PERFORM pg_notify('pgflow_runs', p) FROM unnest(v_ended) AS p;
+
+  -- The general path, for the rest of the batch.
+  IF cardinality(v_rest) > 0 THEN
+    SELECT * INTO v_counted, v_steps, v_more, v_done_runs, v_done_steps, v_fanouts, v_release
+    FROM pgflow._complete_batch(ARRAY(SELECT run_ids[o] FROM unnest(v_rest) AS o),
+                                ARRAY(SELECT step_slugs[o] FROM unnest(v_rest) AS o),
+                                ARRAY(SELECT task_indexes[o] FROM unnest(v_rest) AS o),
+                                ARRAY(SELECT attempts[o] FROM unnest(v_rest) AS o),
+                                ARRAY(SELECT outputs[o] FROM unnest(v_rest) AS o), false);
+    v_applied := v_applied + v_more;
+
+    IF v_fanouts > 0 THEN
+      -- Complete the fanout steps that reached zero: a new statement, so it
+      -- sees every task output committed before the step state locks were
+      -- granted, plus this batch's own.
+      UPDATE pgflow.step_states ss
+      SET status = 'completed', ended_at = now(),
+          output = (SELECT coalesce(jsonb_agg(t.output ORDER BY t.task_index), '[]')
+                    FROM pgflow.step_tasks t
+                    WHERE t.run_id = ss.run_id AND t.step_slug = ss.step_slug)
+      FROM unnest(v_done_runs, v_done_steps) AS d(run_id, step_slug), pgflow.steps s
+      WHERE ss.run_id = d.run_id AND ss.step_slug = d.step_slug
+        AND s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug
+        AND s.step_type = 'fanout';
+    END IF;
   END IF;
-  IF cardinality(v_done_runs) > 0 THEN
-    PERFORM pgflow._advance(v_done_runs, v_done_steps, NULL, NULL, v_release);
+  -- Fanout steps completed above, and fanout steps released by the single
+  -- steps (they start now), move their runs on.
+  IF cardinality(v_done_runs) > 0 OR v_ready_runs IS NOT NULL THEN
+    PERFORM pgflow._advance(v_done_runs, v_done_steps, v_ready_runs, v_ready_steps, coalesce(v_release, false));
   END IF;
   RETURN v_applied;
 END $$;
