@@ -251,3 +251,45 @@ func TestReportsReachOnlyTheirRows(t *testing.T) {
 		}
 	}
 }
+
+// TestClaimAfterManyExpiredLeases: a worker that dies with a wide fanout in
+// flight leaves every lease to expire. Each later claim takes over a batch
+// of them; it must read about that batch, not the whole backlog of expired
+// leases (it once read all of them, to look for last attempts among them,
+// on every claim).
+func TestClaimAfterManyExpiredLeases(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("crowd", "max_attempts => 3", step{slug: "each", fanout: true})
+	run := e.start("crowd", `[`+strings.TrimSuffix(strings.Repeat(`1,`, 500), ",")+`]`)
+	if got := e.claim(500, "crowd.each"); len(got) != 500 {
+		t.Fatalf("claimed %d tasks, want 500", len(got))
+	}
+	e.expireLeases(run)
+	conn, plans := explainingConn(t, e)
+	if _, err := conn.Exec(e.ctx, "SET auto_explain.log_analyze = on"); err != nil {
+		t.Fatal(err)
+	}
+	taken := claimOn(t, e.ctx, conn, 10, "crowd.each")
+	if len(taken) != 10 {
+		t.Fatalf("took over %d tasks, want 10", len(taken))
+	}
+	for _, k := range taken {
+		if k.Attempt != 2 {
+			t.Fatalf("took over %+v, want attempt 2", k)
+		}
+	}
+	rows := regexp.MustCompile(`on step_tasks \w+ .*actual time=\S+ rows=(\d+) loops=(\d+)`)
+	for _, p := range plans() {
+		for _, m := range rows.FindAllStringSubmatch(p, -1) {
+			n, _ := strconv.Atoi(m[1])
+			loops, _ := strconv.Atoi(m[2])
+			if n*loops >= 100 {
+				t.Errorf("a claim of 10 read %d task rows:\n%s", n*loops, p)
+			}
+		}
+	}
+	if r := e.run(run); r.Status != "started" {
+		t.Fatalf("run %s, want started", r.Status)
+	}
+}

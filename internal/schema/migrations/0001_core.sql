@@ -896,20 +896,27 @@ END $$;
 -- outlived its lease ("timeout"), and their runs. Expired leases with
 -- attempts left are taken over by claim_tasks instead. A task locked by
 -- someone else is being reported right now, so it is left to them.
-CREATE FUNCTION pgflow._reap_expired(p_flow_slugs text[], p_step_slugs text[]) RETURNS int
+CREATE FUNCTION pgflow._reap_expired(p_flow_slugs text[], p_step_slugs text[], p_limit int) RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
   v_runs  uuid[];
   v_n     int;
   v_row   record;
 BEGIN
+  -- Only the p_limit oldest expired leases of each step are looked at: the
+  -- claim takes over the others among them, so each claim moves the head of
+  -- the expired leases on. (Looking at them all, a claim after a crash that
+  -- left a wide fanout's leases to expire read every one of them.)
   SELECT array_agg(DISTINCT t.run_id) INTO v_runs
   FROM (SELECT DISTINCT u.flow_slug, u.step_slug FROM unnest(p_flow_slugs, p_step_slugs) AS u(flow_slug, step_slug)) w
   JOIN pgflow.step_options so ON so.flow_slug = w.flow_slug AND so.step_slug = w.step_slug
   CROSS JOIN LATERAL (
-    SELECT t.run_id FROM pgflow.step_tasks t
+    SELECT t.run_id, t.failures FROM pgflow.step_tasks t
     WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug
-      AND t.status = 'started' AND t.visible_at <= now() AND t.failures + 1 >= so.max_attempts) t;
+      AND t.status = 'started' AND t.visible_at <= now()
+    ORDER BY t.visible_at
+    LIMIT p_limit) t
+  WHERE t.failures + 1 >= so.max_attempts;
   IF v_runs IS NULL THEN
     RETURN 0;
   END IF;
@@ -1017,7 +1024,7 @@ BEGIN
 
   v_expired := '{}';
   IF v_any_expired THEN
-    PERFORM pgflow._reap_expired(claim_tasks.flow_slugs, claim_tasks.step_slugs);
+    PERFORM pgflow._reap_expired(claim_tasks.flow_slugs, claim_tasks.step_slugs, claim_tasks.max_tasks);
     v_expired := ARRAY(
       SELECT x.ctid
       FROM (SELECT DISTINCT u.flow_slug, u.step_slug
