@@ -42,9 +42,12 @@ type session struct {
 
 	// idle hands a task's handler to a goroutine that has finished its
 	// last one (goroutines are reused: a new one would grow its stack anew
-	// for every task); retire, closed when the session ends, ends them.
-	idle   chan func()
-	retire chan struct{}
+	// for every task); retire, closed when the session ends, ends them, as
+	// does a while without work.
+	idle        chan func()
+	retire      chan struct{}
+	handlerIdle time.Duration // how long a handler goroutine waits for its next task
+	handlers    atomic.Int32  // handler goroutines alive
 
 	mu       sync.Mutex
 	inflight map[*inflight]struct{} // the handlers running
@@ -100,22 +103,23 @@ const (
 
 func newSession(w *Worker) *session {
 	s := &session{
-		w:         w,
-		opts:      w.opts,
-		logger:    w.opts.Logger,
-		debug:     w.opts.Logger.Enabled(context.Background(), slog.LevelDebug),
-		regs:      w.regs,
-		flowSet:   map[string]bool{},
-		inflight:  map[*inflight]struct{}{},
-		ended:     map[RunID]time.Time{},
-		drained:   make(chan struct{}, 1),
-		wake:      make(chan struct{}, 1),
-		freed:     make(chan struct{}, 1),
-		seed:      maphash.MakeSeed(),
-		idle:      make(chan func()),
-		retire:    make(chan struct{}),
-		stopFlush: make(chan struct{}),
-		flushDone: make(chan struct{}),
+		w:           w,
+		opts:        w.opts,
+		logger:      w.opts.Logger,
+		debug:       w.opts.Logger.Enabled(context.Background(), slog.LevelDebug),
+		regs:        w.regs,
+		flowSet:     map[string]bool{},
+		inflight:    map[*inflight]struct{}{},
+		ended:       map[RunID]time.Time{},
+		drained:     make(chan struct{}, 1),
+		wake:        make(chan struct{}, 1),
+		freed:       make(chan struct{}, 1),
+		seed:        maphash.MakeSeed(),
+		idle:        make(chan func()),
+		retire:      make(chan struct{}),
+		handlerIdle: handlerIdle,
+		stopFlush:   make(chan struct{}),
+		flushDone:   make(chan struct{}),
 	}
 	keys := make([]stepKey, 0, len(w.regs))
 	for k := range w.regs {
@@ -413,12 +417,24 @@ func (s *session) launch(f func()) {
 	}
 }
 
-// handlerLoop runs f, then whatever launch hands it, until the session ends.
+// handlerIdle is how long a handler goroutine waits for its next task
+// before it ends.
+const handlerIdle = 10 * time.Second
+
+// handlerLoop runs f, then whatever launch hands it, until it has waited
+// s.handlerIdle for a task or the session ends.
 func (s *session) handlerLoop(f func()) {
+	s.handlers.Add(1)
+	defer s.handlers.Add(-1)
+	idle := time.NewTimer(s.handlerIdle)
+	defer idle.Stop()
 	for {
 		f()
+		idle.Reset(s.handlerIdle)
 		select {
 		case f = <-s.idle:
+		case <-idle.C:
+			return
 		case <-s.retire:
 			return
 		}
