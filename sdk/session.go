@@ -377,7 +377,7 @@ func (s *session) untilNextVisible(ctx context.Context) time.Duration {
 	return min(max(time.Until(*next), time.Millisecond), s.opts.PollInterval)
 }
 
-// start runs a claimed task's handler on a goroutine of its own; the task of a
+// start runs a claimed task's handler on a handler goroutine; the task of a
 // run known to have ended is handed back instead (the database then
 // cancels it).
 func (s *session) start(c claimed) {
