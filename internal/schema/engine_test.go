@@ -692,3 +692,48 @@ func nowMillis(t *testing.T, e *engine) int64 {
 	t.Helper()
 	return scalar[int64](e, "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
 }
+
+// TestClaimStepsTakeTurns: a step with a backlog (a wide fanout) does not
+// keep a worker's other steps waiting until it is drained: the steps take
+// turns at coming first in a claim, so two claims serve both steps.
+func TestClaimStepsTakeTurns(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name      string
+		limit     int
+		singles   int // runs of the single-step flow
+		wantWide  int // over two claims
+		wantSmall int
+	}{
+		{"a few waiting beside a backlog", 20, 5, 35, 5},
+		{"two backlogs", 10, 30, 10, 10},
+		{"one claim takes all", 500, 5, 300, 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEngine(t)
+			e.flow("wide", "", step{slug: "each", fanout: true})
+			e.flow("small", "", step{slug: "only"})
+			e.start("wide", `[`+strings.TrimSuffix(strings.Repeat(`1,`, 300), ",")+`]`)
+			for range tt.singles {
+				e.start("small", `{}`)
+			}
+			got := map[string]int{}
+			seen := map[string]bool{}
+			for range 2 {
+				for _, k := range e.claim(tt.limit, "wide.each", "small.only") {
+					key := fmt.Sprintf("%s/%s/%d", k.RunID, k.Step, k.Index)
+					if seen[key] {
+						t.Fatalf("task %s claimed twice", key)
+					}
+					seen[key] = true
+					got[k.Flow]++
+				}
+			}
+			if got["wide"] != tt.wantWide || got["small"] != tt.wantSmall {
+				t.Fatalf("two claims took %d wide and %d small tasks, want %d and %d", got["wide"], got["small"], tt.wantWide, tt.wantSmall)
+			}
+		})
+	}
+}

@@ -173,6 +173,10 @@ CREATE INDEX step_tasks_queued_idx ON pgflow.step_tasks (flow_slug, step_slug, v
 CREATE INDEX step_tasks_leased_idx ON pgflow.step_tasks (flow_slug, step_slug, visible_at)
   WHERE status = 'started';
 
+-- claim_turns numbers claims, so that the steps of a claim take turns at
+-- coming first (see claim_tasks).
+CREATE SEQUENCE pgflow.claim_turns AS bigint CYCLE;
+
 CREATE TABLE pgflow.workers (
   worker_id         uuid PRIMARY KEY,
   flow_slugs        text[] NOT NULL DEFAULT '{}',
@@ -983,6 +987,7 @@ DECLARE
   v_expired     tid[];
   v_queued      tid[];
   v_any_expired boolean;
+  v_turn        bigint;
 BEGIN
   IF claim_tasks.max_tasks IS NULL OR claim_tasks.max_tasks < 1 OR coalesce(cardinality(claim_tasks.flow_slugs), 0) = 0 THEN
     RETURN;
@@ -999,10 +1004,18 @@ BEGIN
   -- run, and the others are taken over first, before queued tasks.
   -- (Holding queued tasks while the reaping waits for run rows is safe:
   -- no one holding a run row or step state waits for a queued task.)
+  -- The steps take turns at coming first (a claim fills up from the first
+  -- step with tasks): a step with a backlog (a wide fanout) then does not
+  -- keep the others waiting until it is drained.
+  v_turn := nextval('pgflow.claim_turns');
   SELECT ARRAY(
            SELECT x.ctid
-           FROM (SELECT DISTINCT u.flow_slug, u.step_slug
-                 FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS u(flow_slug, step_slug)) w
+           FROM (SELECT d.flow_slug, d.step_slug
+                 FROM (SELECT u.flow_slug, u.step_slug,
+                              (row_number() OVER (ORDER BY u.flow_slug, u.step_slug) + v_turn) % count(*) OVER () AS turn
+                       FROM (SELECT DISTINCT v.flow_slug, v.step_slug
+                             FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS v(flow_slug, step_slug)) u) d
+                 ORDER BY d.turn) w
            CROSS JOIN LATERAL (
              SELECT t.ctid FROM pgflow.step_tasks t
              WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug
