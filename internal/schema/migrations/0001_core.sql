@@ -962,7 +962,8 @@ END $$;
 -- own element. Each claim starts a new attempt leased for the step's timeout
 -- plus lease_grace; an attempt whose lease has expired is taken over by the
 -- next claim (counting as a failed "timeout" attempt), or fails the run when
--- it was the last one.
+-- it was the last one. Within a step, the tasks visible longest go first;
+-- the steps take turns at coming first from one claim to the next.
 CREATE FUNCTION pgflow.claim_tasks(
   worker_id      uuid,
   flow_slugs     text[],
