@@ -9,6 +9,7 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -61,6 +62,7 @@ type session struct {
 	// together with a claim only then.
 	claiming atomic.Bool
 
+	turns atomic.Int64  // claims made, from the claim loop and the reporters
 	wake  chan struct{} // wakes the claim loop: tasks may be claimable
 	freed chan struct{} // wakes the claim loop: a slot freed
 	// results holds a queue of finished tasks per reporter. The results of
@@ -316,9 +318,10 @@ func (s *session) startClaimed(claimed []claimed, n int) {
 	s.mu.Unlock()
 }
 
-// claimArgs are the arguments of claimSQL for n tasks.
+// claimArgs are the arguments of claimSQL for n tasks. Each claim gets the
+// next turn: the worker's steps take turns at being served first.
 func (s *session) claimArgs(n int) []any {
-	return []any{s.w.id, s.flowSlugs, s.stepSlugs, n, s.withRun, s.opts.LeaseGrace}
+	return []any{s.w.id, s.flowSlugs, s.stepSlugs, n, s.withRun, s.opts.LeaseGrace, s.turns.Add(1)}
 }
 
 // claim claims up to n tasks. A shutdown (ctx done) does not interrupt a
@@ -429,6 +432,9 @@ func (s *session) handlerLoop(f func()) {
 	idle := time.NewTimer(s.handlerIdle)
 	defer idle.Stop()
 	for {
+		// A handler that set profiler labels on its goroutine leaves them
+		// to nobody else.
+		pprof.SetGoroutineLabels(s.handlerCtx)
 		f()
 		idle.Reset(s.handlerIdle)
 		select {

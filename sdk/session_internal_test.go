@@ -1,6 +1,7 @@
 package sdk
 
 import (
+	"context"
 	"sync"
 	"testing"
 	"time"
@@ -52,7 +53,7 @@ func TestHandlerGoroutinesAreReused(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := &session{idle: make(chan func()), retire: make(chan struct{}), handlerIdle: tt.handlerIdle}
+			s := &session{idle: make(chan func()), retire: make(chan struct{}), handlerIdle: tt.handlerIdle, handlerCtx: context.Background()}
 			// The first wave starts a goroutine per function.
 			runWave(t, 20, s.launch)()
 			if got := s.handlers.Load(); got != 20 {

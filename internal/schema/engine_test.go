@@ -2,6 +2,7 @@ package schema_test
 
 import (
 	"fmt"
+	"github.com/jackc/pgx/v5"
 	"strconv"
 	"strings"
 	"testing"
@@ -735,5 +736,58 @@ func TestClaimStepsTakeTurns(t *testing.T) {
 				t.Fatalf("two claims took %d wide and %d small tasks, want %d and %d", got["wide"], got["small"], tt.wantWide, tt.wantSmall)
 			}
 		})
+	}
+}
+
+// TestClaimTurnsArePerCaller: a worker passes its own claim numbers, so its
+// steps take turns whatever other callers claim in between; expired leases
+// are taken over in the same turns.
+func TestClaimTurnsArePerCaller(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	for _, f := range []string{"a", "b", "c"} {
+		e.flow(f, "max_attempts => 3", step{slug: "each", fanout: true})
+		e.start(f, `[`+strings.TrimSuffix(strings.Repeat(`1,`, 60), ",")+`]`)
+	}
+	claim := func(limit int, turn int64, steps ...string) map[string]int {
+		t.Helper()
+		var flows, slugs []string
+		for _, s := range steps {
+			f, st, _ := strings.Cut(s, ".")
+			flows, slugs = append(flows, f), append(slugs, st)
+		}
+		got := map[string]int{}
+		rows, err := e.pool.Query(e.ctx, `SELECT flow_slug FROM pgflow.claim_tasks(gen_random_uuid(), $1, $2, $3, NULL, '2 seconds', $4)`,
+			flows, slugs, limit, turn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		flowsClaimed, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range flowsClaimed {
+			got[f]++
+		}
+		return got
+	}
+	// Queued tasks, then (after all leases expire) takeovers: each time two
+	// claims of the worker serve both of its steps, while another caller's
+	// claims go in between.
+	for _, phase := range []string{"queued", "expired"} {
+		if phase == "expired" {
+			claim(500, 0, "a.each", "b.each", "c.each") // lease what is left
+			e.exec("UPDATE pgflow.step_tasks SET visible_at = now() - interval '1 second' WHERE status = 'started'")
+		}
+		served := map[string]int{}
+		for turn := int64(1); turn <= 2; turn++ {
+			for f, n := range claim(10, turn, "a.each", "b.each") {
+				served[f] += n
+			}
+			claim(10, 0, "c.each") // another caller
+		}
+		if served["a"] != 10 || served["b"] != 10 {
+			t.Fatalf("%s: the worker's two claims took %d of a and %d of b, want 10 and 10", phase, served["a"], served["b"])
+		}
 	}
 }

@@ -277,7 +277,7 @@ func TestRolePrivileges(t *testing.T) {
 		{"run result", sdkQuery(t, "run_result"), []any{run}, stmtDenied, stmtAllowed, stmtDenied},
 		{"ended runs", sdkQuery(t, "ended_runs"), []any{[]string{run}}, stmtAllowed, stmtAllowed, stmtDenied},
 		{"cancel_run", sdkQuery(t, "cancel_run"), []any{run}, stmtDenied, stmtDenied, stmtDenied},
-		{"claim", sdkQuery(t, "claim"), []any{workerID, []string{"probe"}, []string{"first"}, 1, []bool{true}, time.Second}, stmtAllowed, stmtDenied, stmtDenied},
+		{"claim", sdkQuery(t, "claim"), []any{workerID, []string{"probe"}, []string{"first"}, 1, []bool{true}, time.Second, int64(1)}, stmtAllowed, stmtDenied, stmtDenied},
 		{"complete", sdkQuery(t, "complete"), append(slices.Clone(bogus), []string{"1"}), stmtAllowed, stmtDenied, stmtDenied},
 		{"fail", sdkQuery(t, "fail"), append(slices.Clone(bogus), []string{"boom"}, []bool{false}), stmtAllowed, stmtDenied, stmtDenied},
 		{"release", sdkQuery(t, "release"), bogus, stmtAllowed, stmtDenied, stmtDenied},
@@ -427,7 +427,7 @@ func TestWorkerAndClientRolesRunAFlow(t *testing.T) {
 
 	claim := func(step string, want int) []task {
 		t.Helper()
-		rows, err := worker.Query(ctx, sdkQuery(t, "claim"), workerID, []string{"roles"}, []string{step}, 10, []bool{true}, time.Second)
+		rows, err := worker.Query(ctx, sdkQuery(t, "claim"), workerID, []string{"roles"}, []string{step}, 10, []bool{true}, time.Second, int64(1))
 		if err != nil {
 			t.Fatalf("claim: %v", err)
 		}

@@ -955,6 +955,21 @@ BEGIN
   RETURN v_n;
 END $$;
 
+-- _steps_in_turn returns the distinct steps of a claim, starting from a
+-- different one for each turn (turn modulo their number) and then in
+-- (flow, step) order.
+CREATE FUNCTION pgflow._steps_in_turn(p_flow_slugs text[], p_step_slugs text[], p_turn bigint)
+RETURNS TABLE (flow_slug text, step_slug text)
+LANGUAGE sql IMMUTABLE
+BEGIN ATOMIC
+  SELECT d.flow_slug, d.step_slug
+  FROM (SELECT u.flow_slug, u.step_slug,
+               (p_turn % count(*) OVER () + row_number() OVER (ORDER BY u.flow_slug, u.step_slug)) % count(*) OVER () AS turn
+        FROM (SELECT DISTINCT v.flow_slug, v.step_slug
+              FROM unnest(p_flow_slugs, p_step_slugs) AS v(flow_slug, step_slug)) u) d
+  ORDER BY d.turn;
+END;
+
 -- claim_tasks claims up to max_tasks claimable tasks of the given steps
 -- (flow_slugs[i], step_slugs[i]) for a worker and returns each with its input
 -- ready to decode: the run input (unless with_run_input[i] is false), the
@@ -963,14 +978,17 @@ END $$;
 -- plus lease_grace; an attempt whose lease has expired is taken over by the
 -- next claim (counting as a failed "timeout" attempt), or fails the run when
 -- it was the last one. Within a step, the tasks visible longest go first;
--- the steps take turns at coming first from one claim to the next.
+-- the steps take turns at coming first as turn grows: a worker numbers its
+-- claims (without it, a counter shared by every caller is used, whose turns
+-- other callers' claims can skip).
 CREATE FUNCTION pgflow.claim_tasks(
   worker_id      uuid,
   flow_slugs     text[],
   step_slugs     text[],
   max_tasks      int,
   with_run_input boolean[] DEFAULT NULL,
-  lease_grace    interval DEFAULT '2 seconds'
+  lease_grace    interval DEFAULT '2 seconds',
+  turn           bigint DEFAULT NULL
 ) RETURNS TABLE (
   run_id      uuid,
   flow_slug   text,
@@ -1008,15 +1026,10 @@ BEGIN
   -- The steps take turns at coming first (a claim fills up from the first
   -- step with tasks): a step with a backlog (a wide fanout) then does not
   -- keep the others waiting until it is drained.
-  v_turn := nextval('pgflow.claim_turns');
+  v_turn := coalesce(claim_tasks.turn, nextval('pgflow.claim_turns'));
   SELECT ARRAY(
            SELECT x.ctid
-           FROM (SELECT d.flow_slug, d.step_slug
-                 FROM (SELECT u.flow_slug, u.step_slug,
-                              (row_number() OVER (ORDER BY u.flow_slug, u.step_slug) + v_turn) % count(*) OVER () AS turn
-                       FROM (SELECT DISTINCT v.flow_slug, v.step_slug
-                             FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS v(flow_slug, step_slug)) u) d
-                 ORDER BY d.turn) w
+           FROM pgflow._steps_in_turn(claim_tasks.flow_slugs, claim_tasks.step_slugs, v_turn) w
            CROSS JOIN LATERAL (
              SELECT t.ctid FROM pgflow.step_tasks t
              WHERE t.flow_slug = w.flow_slug AND t.step_slug = w.step_slug
@@ -1041,8 +1054,7 @@ BEGIN
     PERFORM pgflow._reap_expired(claim_tasks.flow_slugs, claim_tasks.step_slugs, claim_tasks.max_tasks);
     v_expired := ARRAY(
       SELECT x.ctid
-      FROM (SELECT DISTINCT u.flow_slug, u.step_slug
-            FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS u(flow_slug, step_slug)) w
+      FROM pgflow._steps_in_turn(claim_tasks.flow_slugs, claim_tasks.step_slugs, v_turn) w
       JOIN pgflow.step_options so ON so.flow_slug = w.flow_slug AND so.step_slug = w.step_slug
       CROSS JOIN LATERAL (
         SELECT t.ctid FROM pgflow.step_tasks t
@@ -1365,14 +1377,15 @@ BEGIN
   SELECT (SELECT count(*)::int FROM completed),
          ARRAY(SELECT c.ord::int FROM c WHERE c.task_index <> 0
                UNION ALL SELECT k.ord::int FROM k WHERE k.step_type IS DISTINCT FROM 'single'),
-         (SELECT array_agg(released.run_id) FROM released WHERE released.status = 'created' AND released.remaining_deps = 0),
-         (SELECT array_agg(released.step_slug) FROM released WHERE released.status = 'created' AND released.remaining_deps = 0),
+         ready.runs, ready.steps,
          ARRAY(SELECT DISTINCT released.flow_slug FROM released WHERE released.status = 'started'),
          ARRAY(SELECT json_build_object('status', 'completed', 'run_ids', json_agg(e.run_id))::text
                FROM (SELECT runs_done.run_id, (row_number() OVER () - 1) / 100 AS chunk
                      FROM runs_done WHERE runs_done.status = 'completed') e
                GROUP BY e.chunk)
-  INTO v_applied, v_rest, v_ready_runs, v_ready_steps, v_flows, v_ended;
+  INTO v_applied, v_rest, v_ready_runs, v_ready_steps, v_flows, v_ended
+  FROM (SELECT array_agg(released.run_id) AS runs, array_agg(released.step_slug) AS steps
+        FROM released WHERE released.status = 'created' AND released.remaining_deps = 0) ready;
 
   PERFORM pg_notify('pgflow_tasks', f) FROM unnest(v_flows) AS f;
   PERFORM pg_notify('pgflow_runs', p) FROM unnest(v_ended) AS p;
@@ -1565,7 +1578,7 @@ END;
 -- a 100,000-item fanout 10-15% slower.
 ALTER FUNCTION pgflow.start_flows(text, jsonb[], uuid[]) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
   SET work_mem = '64MB';
-ALTER FUNCTION pgflow.claim_tasks(uuid, text[], text[], int, boolean[], interval) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+ALTER FUNCTION pgflow.claim_tasks(uuid, text[], text[], int, boolean[], interval, bigint) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
 ALTER FUNCTION pgflow.complete_tasks(uuid[], text[], int[], int[], jsonb[]) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
 ALTER FUNCTION pgflow.fail_tasks(uuid[], text[], int[], int[], text[], boolean[]) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
 ALTER FUNCTION pgflow.release_tasks(uuid[], text[], int[], int[]) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
