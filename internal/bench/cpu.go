@@ -55,3 +55,23 @@ func serverCPU(dataDir string) float64 {
 	}
 	return total
 }
+
+// peakRSS returns a process's peak resident set size in MB since it
+// started its program (VmHWM in /proc/PID/status), and whether it could be
+// read (it cannot on other operating systems).
+func peakRSS(pid int) (float64, bool) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			if err != nil {
+				return 0, false
+			}
+			return kb / 1024, true
+		}
+	}
+	return 0, false
+}
