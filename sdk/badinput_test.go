@@ -59,11 +59,8 @@ func TestBadHandlerOutputs(t *testing.T) {
 			})
 		})
 		t.Run(tc.name, func(t *testing.T) {
-			run, err := flow.Start(e.ctx, e.client, json.RawMessage(`{}`))
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = run.Wait(e.waitCtx(30 * time.Second))
+			run := startRun(e, flow, json.RawMessage(`{}`))
+			_, err := run.Wait(e.waitCtx(30 * time.Second))
 			var runErr *sdk.RunError
 			if !errors.As(err, &runErr) || runErr.Step != "out" || !strings.Contains(runErr.Message, tc.want) {
 				t.Fatalf("got %v, want a run error at step out saying %q", err, tc.want)
@@ -86,14 +83,7 @@ func TestInvalidUTF8OutputIsReplaced(t *testing.T) {
 			return "ok \xff\xfe end", nil
 		})
 	})
-	run, err := flow.Start(e.ctx, e.client, json.RawMessage(`{}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := run.Wait(e.waitCtx(30 * time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := runToEnd(e, flow, json.RawMessage(`{}`), 30*time.Second)
 	// encoding/json replaces invalid UTF-8 with U+FFFD, as documented.
 	if string(out["out"]) != `"ok \ufffd\ufffd end"` && string(out["out"]) != "\"ok \uFFFD\uFFFD end\"" {
 		t.Fatalf("output %s", out["out"])

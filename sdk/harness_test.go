@@ -104,6 +104,27 @@ func (e *env) waitCtx(d time.Duration) context.Context {
 	return ctx
 }
 
+// startRun starts a run of f with input in, failing the test if it cannot.
+func startRun[In, Out any](e *env, f *sdk.Flow[In, Out], in In) *sdk.Run[Out] {
+	e.t.Helper()
+	run, err := f.Start(e.ctx, e.client, in)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return run
+}
+
+// runToEnd starts a run of f with input in and returns its output, failing
+// the test if the run fails or does not end within d.
+func runToEnd[In, Out any](e *env, f *sdk.Flow[In, Out], in In, d time.Duration) Out {
+	e.t.Helper()
+	out, err := startRun(e, f, in).Wait(e.waitCtx(d))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
 // sequence returns 0, 1, …, n-1.
 func sequence(n int) []int {
 	s := make([]int, n)

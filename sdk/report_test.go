@@ -44,14 +44,7 @@ func TestConcurrencyIsACap(t *testing.T) {
 		})
 	})
 	items := sequence(n)
-	run, err := flow.Start(e.ctx, e.client, items)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := run.Wait(e.waitCtx(60 * time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := runToEnd(e, flow, items, 60*time.Second)
 	if len(out.Each) != n {
 		t.Fatalf("%d outputs, want %d", len(out.Each), n)
 	}
@@ -87,11 +80,8 @@ func TestRejectedOutputAmongOthers(t *testing.T) {
 		})
 	})
 	items := sequence(n)
-	run, err := flow.Start(e.ctx, e.client, items)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = run.Wait(e.waitCtx(60 * time.Second))
+	run := startRun(e, flow, items)
+	_, err := run.Wait(e.waitCtx(60 * time.Second))
 	var runErr *sdk.RunError
 	if !errors.As(err, &runErr) {
 		t.Fatalf("got %v, want a *RunError", err)
@@ -169,15 +159,10 @@ func TestReporters(t *testing.T) {
 				})
 			})
 			items := sequence(width)
-			big, err := fanout.Start(e.ctx, e.client, items)
-			if err != nil {
-				t.Fatal(err)
-			}
+			big := startRun(e, fanout, items)
 			started := make([]*sdk.Run[chainOut], runs)
 			for i := range started {
-				if started[i], err = chain.Start(e.ctx, e.client, i); err != nil {
-					t.Fatal(err)
-				}
+				started[i] = startRun(e, chain, i)
 			}
 			for i, run := range started {
 				out, err := run.Wait(e.waitCtx(60 * time.Second))
@@ -250,10 +235,7 @@ func TestShutdownWaitsForAReportsClaim(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 
-	run, err := flow.Start(e.ctx, e.client, 4)
-	if err != nil {
-		t.Fatal(err)
-	}
+	run := startRun(e, flow, 4)
 	// The report of "a" (with its claim) is held until the worker stops.
 	select {
 	case <-tracer.entered:
@@ -341,14 +323,7 @@ func TestShutdownTimeoutDoesNotBoundClaims(t *testing.T) {
 		sdk.HandleFanout(w, flow, "each", func(ctx context.Context, i int) (int, error) { return i, nil })
 	})
 	items := sequence(200)
-	run, err := flow.Start(e.ctx, e.client, items)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := run.Wait(e.waitCtx(60 * time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := runToEnd(e, flow, items, 60*time.Second)
 	if len(out.Each) != len(items) {
 		t.Fatalf("%d outputs, want %d", len(out.Each), len(items))
 	}

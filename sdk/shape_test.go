@@ -139,10 +139,7 @@ func TestWorkersSyncConcurrently(t *testing.T) {
 	for range 4 {
 		e.startWorker(sdk.WorkerOptions{}, registerLinear)
 	}
-	run, err := linearFlow.Start(e.ctx, e.client, linearIn{N: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	run := startRun(e, linearFlow, linearIn{N: 1})
 	if out, err := run.Wait(e.waitCtx(30 * time.Second)); err != nil || out.Describe != "sum 3" {
 		t.Fatalf("%+v, %v", out, err)
 	}

@@ -53,10 +53,7 @@ func TestTypedLinear(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	e.startWorker(sdk.WorkerOptions{Concurrency: 4}, registerLinear)
-	run, err := linearFlow.Start(e.ctx, e.client, linearIn{N: 7})
-	if err != nil {
-		t.Fatal(err)
-	}
+	run := startRun(e, linearFlow, linearIn{N: 7})
 	out, err := run.Wait(e.waitCtx(30 * time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -117,14 +114,7 @@ func TestTypedDiamond(t *testing.T) {
 			return fmt.Sprintf("%s/%d", deps.Upper, deps.Length), nil
 		})
 	})
-	run, err := diamondFlow.Start(e.ctx, e.client, "a b c")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := run.Wait(e.waitCtx(30 * time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := runToEnd(e, diamondFlow, "a b c", 30*time.Second)
 	if out.Join != "A-B-C/3" {
 		t.Fatalf("output %+v", out)
 	}
@@ -184,10 +174,7 @@ func TestTypedFanout(t *testing.T) {
 	e := newEnv(t)
 	e.startWorker(sdk.WorkerOptions{Concurrency: 8}, func(w *sdk.Worker) { registerFanout(w, nil) })
 	for _, n := range []int{0, 1, 50} {
-		run, err := fanoutFlow.Start(e.ctx, e.client, n)
-		if err != nil {
-			t.Fatal(err)
-		}
+		run := startRun(e, fanoutFlow, n)
 		out, err := run.Wait(e.waitCtx(30 * time.Second))
 		if err != nil {
 			t.Fatalf("n=%d: %v", n, err)
@@ -205,14 +192,7 @@ func TestTwoWorkersBigFanout(t *testing.T) {
 	var calls sync.Map
 	e.startWorker(sdk.WorkerOptions{Concurrency: 32}, func(w *sdk.Worker) { registerFanout(w, &calls) })
 	e.startWorker(sdk.WorkerOptions{Concurrency: 32}, func(w *sdk.Worker) { registerFanout(w, &calls) })
-	run, err := fanoutFlow.Start(e.ctx, e.client, n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := run.Wait(e.waitCtx(90 * time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := runToEnd(e, fanoutFlow, n, 90*time.Second)
 	if out.Total != sumOfSquares(n) {
 		t.Fatalf("total %d, want %d", out.Total, sumOfSquares(n))
 	}
@@ -280,11 +260,8 @@ func TestHandlerErrorRetriesThenFails(t *testing.T) {
 			return "", fmt.Errorf("boom %d", n)
 		})
 	})
-	run, err := flow.Start(e.ctx, e.client, "x")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = run.Wait(e.waitCtx(30 * time.Second))
+	run := startRun(e, flow, "x")
+	_, err := run.Wait(e.waitCtx(30 * time.Second))
 	var runErr *sdk.RunError
 	if !errors.As(err, &runErr) || !errors.Is(err, sdk.ErrRunFailed) {
 		t.Fatalf("got %v, want a *RunError matching ErrRunFailed", err)
@@ -308,11 +285,8 @@ func TestPermanentErrorFailsAtOnce(t *testing.T) {
 			return "", sdk.Permanent(errors.New("input is unusable"))
 		})
 	})
-	run, err := flow.Start(e.ctx, e.client, "x")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = run.Wait(e.waitCtx(30 * time.Second))
+	run := startRun(e, flow, "x")
+	_, err := run.Wait(e.waitCtx(30 * time.Second))
 	if !errors.Is(err, sdk.ErrRunFailed) || !strings.Contains(err.Error(), "input is unusable") {
 		t.Fatalf("got %v", err)
 	}
@@ -333,21 +307,15 @@ func TestPanicFailsTheAttempt(t *testing.T) {
 			return "fine", nil
 		})
 	})
-	run, err := flow.Start(e.ctx, e.client, "panic")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = run.Wait(e.waitCtx(30 * time.Second))
+	run := startRun(e, flow, "panic")
+	_, err := run.Wait(e.waitCtx(30 * time.Second))
 	var runErr *sdk.RunError
 	if !errors.As(err, &runErr) || !strings.Contains(runErr.Message, "panic: handler exploded") ||
 		!strings.Contains(runErr.Message, "goroutine") {
 		t.Fatalf("got %v, want the panic message with its stack", err)
 	}
 	// The worker keeps running.
-	run, err = flow.Start(e.ctx, e.client, "calm")
-	if err != nil {
-		t.Fatal(err)
-	}
+	run = startRun(e, flow, "calm")
 	out, err := run.Wait(e.waitCtx(30 * time.Second))
 	if err != nil || out["work"] != "fine" {
 		t.Fatalf("after the panic: %v, %v", out, err)
@@ -370,10 +338,7 @@ func TestTimeoutRetries(t *testing.T) {
 			return "second try", nil
 		})
 	})
-	run, err := flow.Start(e.ctx, e.client, "x")
-	if err != nil {
-		t.Fatal(err)
-	}
+	run := startRun(e, flow, "x")
 	out, err := run.Wait(e.waitCtx(30 * time.Second))
 	if err != nil || out["work"] != "second try" {
 		t.Fatalf("got %v, %v", out, err)
@@ -404,10 +369,7 @@ func TestCancelRunCancelsHandlers(t *testing.T) {
 			return "", ctx.Err()
 		})
 	})
-	run, err := flow.Start(e.ctx, e.client, "x")
-	if err != nil {
-		t.Fatal(err)
-	}
+	run := startRun(e, flow, "x")
 	select {
 	case <-started:
 	case <-time.After(30 * time.Second):
@@ -448,10 +410,7 @@ func TestGracefulShutdownReleasesTasks(t *testing.T) {
 			return 0, ctx.Err()
 		})
 	})
-	run, err := flow.Start(e.ctx, e.client, []int{1, 2, 3, 4, 5, 6})
-	if err != nil {
-		t.Fatal(err)
-	}
+	run := startRun(e, flow, []int{1, 2, 3, 4, 5, 6})
 	for range 4 {
 		select {
 		case <-blocked:
