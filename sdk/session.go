@@ -94,9 +94,7 @@ type result struct {
 	release   bool // hand the task back without counting an attempt
 }
 
-var (
-	errShutdown = errors.New("pgflow: worker shutting down")
-)
+var errShutdown = errors.New("pgflow: worker shutting down")
 
 const (
 	maxFlush        = 500       // results per statement

@@ -1134,79 +1134,71 @@ BEGIN
   WHERE c.status = 'started';
 END $$;
 
--- _complete_batch records a batch's outputs and decrements its step states
--- in one statement. Guarded, it decrements only steps that keep tasks left
--- (the caller holds no run rows); the caller compares counted_steps with
+-- _complete_batch records the outputs of a batch of fanout tasks (single
+-- steps complete in complete_tasks) and decrements their step states in one
+-- statement. Guarded, it decrements only steps that keep tasks left (the
+-- caller holds no run rows); the caller compares counted_steps with
 -- decremented_steps to see whether that held for every step. It returns
--- the steps whose last task this batch completed.
+-- the steps whose last task this batch completed, which the caller
+-- completes with their aggregated output.
 CREATE FUNCTION pgflow._complete_batch(
   p_run_ids uuid[], p_step_slugs text[], p_task_indexes int[], p_attempts int[], p_outputs jsonb[],
   p_guarded boolean,
   OUT counted_steps int, OUT decremented_steps int, OUT applied int, OUT done_runs uuid[], OUT done_steps text[],
-  OUT done_fanouts int, OUT done_release boolean)
+  OUT done_release boolean)
 LANGUAGE plpgsql AS $$
 BEGIN
   WITH c AS (
     SELECT * FROM unnest(p_run_ids, p_step_slugs, p_task_indexes, p_attempts, p_outputs)
              AS c(run_id, step_slug, task_index, attempt, output)
   ), kinds AS MATERIALIZED (
-    -- The batch's steps, whether each is a fanout, and the status of its
-    -- run, looked up once per step rather than once per task.
-    SELECT DISTINCT ss.run_id, ss.step_slug, s.step_type,
+    -- The batch's fanout steps and the status of their runs, looked up
+    -- once per step rather than once per task.
+    SELECT DISTINCT ss.run_id, ss.step_slug,
            (SELECT r.status FROM pgflow.runs r WHERE r.run_id = ss.run_id) AS run_status
     FROM (SELECT DISTINCT c.run_id, c.step_slug FROM c) k
     JOIN pgflow.step_states ss ON ss.run_id = k.run_id AND ss.step_slug = k.step_slug
-    JOIN pgflow.steps s ON s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug
+    JOIN pgflow.steps s ON s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug AND s.step_type = 'fanout'
   ), done AS (
-    -- A fanout task keeps its output for the aggregate; a single step's
-    -- output goes to its step state. A task whose run has ended (a race
-    -- with a cancel) is cancelled instead.
+    -- A task keeps its output for the aggregate. A task whose run has
+    -- ended (a race with a cancel) is cancelled instead.
     UPDATE pgflow.step_tasks t
     SET status = CASE WHEN k.run_status = 'started' THEN 'completed' ELSE 'cancelled' END,
         ended_at = now(),
-        output = CASE WHEN k.step_type = 'fanout' AND k.run_status = 'started'
-                      THEN coalesce(c.output, 'null'::jsonb) END
+        output = CASE WHEN k.run_status = 'started' THEN coalesce(c.output, 'null'::jsonb) END
     FROM c, kinds k
     WHERE t.run_id = c.run_id AND t.step_slug = c.step_slug AND t.task_index = c.task_index
       AND t.attempt = c.attempt AND (t.status = 'started') IS TRUE
       AND k.run_id = c.run_id AND k.step_slug = c.step_slug
-    RETURNING t.run_id, t.step_slug, k.step_type, t.status, coalesce(c.output, 'null'::jsonb) AS output
+    RETURNING t.run_id, t.step_slug, t.status
   ), counted AS (
-    SELECT done.run_id, done.step_slug, count(*)::int AS n,
-           bool_and(done.step_type = 'single') AS single,
-           (array_agg(done.output))[1] AS single_output
+    SELECT done.run_id, done.step_slug, count(*)::int AS n
     FROM done
     WHERE done.status = 'completed'
     GROUP BY done.run_id, done.step_slug
   ), locked_states AS MATERIALIZED (
     -- The step states in the lock order, taken only now: a fanout's hot
     -- counter is held from here until commit, not while the tasks update.
-    SELECT ss.run_id, ss.step_slug, counted.n, counted.single, counted.single_output
+    SELECT ss.run_id, ss.step_slug, counted.n
     FROM pgflow.step_states ss
     JOIN counted ON ss.run_id = counted.run_id AND ss.step_slug = counted.step_slug
     ORDER BY ss.run_id, ss.step_slug
     FOR UPDATE OF ss
   ), decremented AS (
-    -- A single step completes right here (its one output is at hand); a
-    -- fanout reaching zero is completed by the caller, which aggregates.
     UPDATE pgflow.step_states ss
-    SET remaining_tasks = ss.remaining_tasks - l.n,
-        output = CASE WHEN l.single THEN l.single_output ELSE ss.output END,
-        status = CASE WHEN l.single AND ss.remaining_tasks = l.n THEN 'completed' ELSE ss.status END,
-        ended_at = CASE WHEN l.single AND ss.remaining_tasks = l.n THEN now() ELSE ss.ended_at END
+    SET remaining_tasks = ss.remaining_tasks - l.n
     FROM locked_states l
     WHERE ss.run_id = l.run_id AND ss.step_slug = l.step_slug
       AND ss.status = 'started'
       AND (NOT p_guarded OR ss.remaining_tasks > l.n)
-    RETURNING ss.run_id, ss.step_slug, ss.flow_slug, ss.remaining_tasks, l.n, l.single
+    RETURNING ss.run_id, ss.step_slug, ss.flow_slug, ss.remaining_tasks, l.n
   )
   SELECT (SELECT count(*) FROM counted), count(*), coalesce(sum(d.n), 0)::int,
          coalesce(array_agg(d.run_id) FILTER (WHERE d.remaining_tasks = 0), '{}'),
          coalesce(array_agg(d.step_slug) FILTER (WHERE d.remaining_tasks = 0), '{}'),
-         count(*) FILTER (WHERE d.remaining_tasks = 0 AND NOT d.single)::int,
          coalesce(bool_or(EXISTS (SELECT 1 FROM pgflow.deps x WHERE x.flow_slug = d.flow_slug AND x.dep_slug = d.step_slug))
                   FILTER (WHERE d.remaining_tasks = 0), false)
-  INTO counted_steps, decremented_steps, applied, done_runs, done_steps, done_fanouts, done_release
+  INTO counted_steps, decremented_steps, applied, done_runs, done_steps, done_release
   FROM decremented d;
 END $$;
 
@@ -1216,7 +1208,7 @@ END $$;
 -- output as a JSON array ordered by task index, and moves the run on.
 -- Three paths: fanout tasks that cannot finish their step (the fast path);
 -- single steps, each finished by its one task, in one statement that also
--- moves their runs on; everything else through _complete_batch and
+-- moves their runs on; the other fanout tasks through _complete_batch and
 -- _advance (the general path).
 CREATE FUNCTION pgflow.complete_tasks(
   run_ids      uuid[],
@@ -1233,7 +1225,6 @@ DECLARE
   v_applied     int;
   v_done_runs   uuid[];
   v_done_steps  text[];
-  v_fanouts     int;
   v_release     boolean;  -- whether a completed step has dependents
   v_rest        int[];  -- positions of the results left to the general path
   v_ready_runs  uuid[];
@@ -1272,7 +1263,7 @@ BEGIN
 
   IF v_guarded THEN
     BEGIN
-      SELECT * INTO v_counted, v_steps, v_applied, v_done_runs, v_done_steps, v_fanouts, v_release
+      SELECT * INTO v_counted, v_steps, v_applied, v_done_runs, v_done_steps, v_release
       FROM pgflow._complete_batch(run_ids, step_slugs, task_indexes, attempts, outputs, true);
       IF v_steps < v_counted THEN
         RAISE EXCEPTION 'complete_tasks: batch may finish a step' USING ERRCODE = 'PF900';
@@ -1392,7 +1383,7 @@ BEGIN
 
   -- The general path, for the rest of the batch.
   IF cardinality(v_rest) > 0 THEN
-    SELECT * INTO v_counted, v_steps, v_more, v_done_runs, v_done_steps, v_fanouts, v_release
+    SELECT * INTO v_counted, v_steps, v_more, v_done_runs, v_done_steps, v_release
     FROM pgflow._complete_batch(ARRAY(SELECT run_ids[o] FROM unnest(v_rest) AS o),
                                 ARRAY(SELECT step_slugs[o] FROM unnest(v_rest) AS o),
                                 ARRAY(SELECT task_indexes[o] FROM unnest(v_rest) AS o),
@@ -1400,7 +1391,7 @@ BEGIN
                                 ARRAY(SELECT outputs[o] FROM unnest(v_rest) AS o), false);
     v_applied := v_applied + v_more;
 
-    IF v_fanouts > 0 THEN
+    IF cardinality(v_done_runs) > 0 THEN
       -- Complete the fanout steps that reached zero: a new statement, so it
       -- sees every task output committed before the step state locks were
       -- granted, plus this batch's own.
@@ -1409,10 +1400,8 @@ BEGIN
           output = (SELECT coalesce(jsonb_agg(t.output ORDER BY t.task_index), '[]')
                     FROM pgflow.step_tasks t
                     WHERE t.run_id = ss.run_id AND t.step_slug = ss.step_slug)
-      FROM unnest(v_done_runs, v_done_steps) AS d(run_id, step_slug), pgflow.steps s
-      WHERE ss.run_id = d.run_id AND ss.step_slug = d.step_slug
-        AND s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug
-        AND s.step_type = 'fanout';
+      FROM unnest(v_done_runs, v_done_steps) AS d(run_id, step_slug)
+      WHERE ss.run_id = d.run_id AND ss.step_slug = d.step_slug;
     END IF;
   END IF;
   -- Fanout steps completed above, and fanout steps released by the single
