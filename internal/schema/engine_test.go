@@ -144,6 +144,58 @@ func TestFanout(t *testing.T) {
 	}
 }
 
+// TestOutputsReadAsJSONB: step and run outputs are stored as json text,
+// and the objects built from them (a run's output, a task's dependencies)
+// read exactly as jsonb prints them: keys shorter first, then bytewise.
+// A fanout over a stored output gets each element as its item.
+func TestOutputsReadAsJSONB(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("texts", "",
+		step{slug: "src"},
+		step{slug: "each", deps: []string{"src"}, fanout: true},
+		step{slug: "b", deps: []string{"src"}},
+		step{slug: "zz_join", deps: []string{"each", "b"}},
+		step{slug: "aa", deps: []string{"src"}},
+		step{slug: "long_leaf_name", deps: []string{"src"}})
+	all := []string{"texts.src", "texts.each", "texts.b", "texts.zz_join", "texts.aa", "texts.long_leaf_name"}
+	run := e.start("texts", `{}`)
+
+	src := e.claim(10, all...)
+	e.complete(src[0], `[{"k":1,"a":[true,null]}, "two",   3.50]`)
+	claimed := e.claim(10, all...)
+	if len(claimed) != 6 { // aa, b, each x3, long_leaf_name
+		t.Fatalf("claimed %d tasks, want 6: %+v", len(claimed), claimed)
+	}
+	for _, k := range claimed {
+		if k.Step == "each" {
+			want := []string{`{"a": [true, null], "k": 1}`, `"two"`, `3.50`}[k.Index]
+			if k.Item != want {
+				t.Errorf("item %d = %s, want %s", k.Index, k.Item, want)
+			}
+		}
+		e.complete(k, fmt.Sprintf(`{"step": %q, "i": %d}`, k.Step, k.Index))
+	}
+	join := e.claim(10, all...)
+	if len(join) != 1 || join[0].Step != "zz_join" {
+		t.Fatalf("claimed %+v, want zz_join", join)
+	}
+	wantDeps := `{"b": {"i": 0, "step": "b"}, "each": [{"i": 0, "step": "each"}, {"i": 1, "step": "each"}, {"i": 2, "step": "each"}]}`
+	if join[0].Deps != wantDeps {
+		t.Errorf("deps\n got %s\nwant %s", join[0].Deps, wantDeps)
+	}
+	e.complete(join[0], `"done"`)
+
+	out := scalar[string](e, "SELECT output::text FROM pgflow.runs WHERE run_id = $1::uuid", run)
+	want := `{"aa": {"i": 0, "step": "aa"}, "zz_join": "done", "long_leaf_name": {"i": 0, "step": "long_leaf_name"}}`
+	if out != want {
+		t.Errorf("run output\n got %s\nwant %s", out, want)
+	}
+	if asJSONB := scalar[string](e, "SELECT output::jsonb::text FROM pgflow.runs WHERE run_id = $1::uuid", run); out != asJSONB {
+		t.Errorf("run output %s reads differently as jsonb: %s", out, asJSONB)
+	}
+}
+
 func TestEmptyFanout(t *testing.T) {
 	t.Parallel()
 	t.Run("completes at once and starts its dependent", func(t *testing.T) {

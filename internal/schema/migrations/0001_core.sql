@@ -120,7 +120,7 @@ CREATE TABLE pgflow.runs (
   flow_slug        text NOT NULL,
   status           text NOT NULL,  -- started, completed, failed, cancelled
   input            jsonb NOT NULL,
-  output           jsonb,
+  output           json,  -- see step_states.output
   remaining_steps  int NOT NULL,
   error_step       text,
   error_task_index int,
@@ -138,7 +138,15 @@ CREATE TABLE pgflow.step_states (
   remaining_deps  int NOT NULL,
   total_tasks     int,  -- set when the step starts
   remaining_tasks int,
-  output          jsonb,
+  -- Step and run outputs are kept as json (text): they are only ever put
+  -- together into larger values and handed out whole, and a jsonb value
+  -- is rebuilt element by element each time (a 100,000-element output took
+  -- a quarter of a second to wrap into a run output, another to gather).
+  -- Objects of outputs (a run's, a task's dependencies') are written as
+  -- text the way jsonb prints them (keys shorter first, then bytewise;
+  -- ": " and ", "), so that they read the same as jsonb would; a helper
+  -- function would be planned anew in every statement that calls it.
+  output          json,
   error_message   text,
   created_at      timestamptz NOT NULL DEFAULT now(),
   started_at      timestamptz,
@@ -541,30 +549,37 @@ BEGIN
     -- is not a JSON array is reported, and fails its run below (the
     -- producing step keeps its output for inspection).
     WITH ready AS (
+      -- A fanout's source: the run input (jsonb) for a root fanout, else
+      -- its dependency's output (json).
       SELECT ss.run_id, ss.step_slug, ss.flow_slug, s.step_type, coalesce(s.opt_start_delay, interval '0') AS start_delay,
-             CASE WHEN s.step_type = 'fanout' THEN
-               CASE WHEN s.deps_count = 0 THEN r.input
-                    ELSE (SELECT dss.output FROM pgflow.deps d
-                          JOIN pgflow.step_states dss ON dss.run_id = ss.run_id AND dss.step_slug = d.dep_slug
-                          WHERE d.flow_slug = ss.flow_slug AND d.step_slug = ss.step_slug) END
-             END AS source
+             CASE WHEN s.step_type = 'fanout' AND s.deps_count = 0 THEN r.input END AS input_source,
+             CASE WHEN s.step_type = 'fanout' AND s.deps_count > 0 THEN
+               (SELECT dss.output FROM pgflow.deps d
+                JOIN pgflow.step_states dss ON dss.run_id = ss.run_id AND dss.step_slug = d.dep_slug
+                WHERE d.flow_slug = ss.flow_slug AND d.step_slug = ss.step_slug)
+             END AS output_source
       FROM unnest(v_ready_runs, v_ready_steps) AS x(run_id, step_slug)
       JOIN pgflow.step_states ss ON ss.run_id = x.run_id AND ss.step_slug = x.step_slug
       JOIN pgflow.runs r ON r.run_id = ss.run_id
       JOIN pgflow.steps s ON s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug
       WHERE ss.status = 'created' AND r.status = 'started'
-    ), sized AS MATERIALIZED (
-      SELECT ready.*,
-             CASE WHEN ready.step_type = 'single' THEN 1
-                  WHEN jsonb_typeof(ready.source) = 'array' THEN jsonb_array_length(ready.source)
-             END AS n  -- NULL: a fanout over something that is not an array
+    ), typed AS (
+      SELECT ready.*, coalesce(jsonb_typeof(ready.input_source), json_typeof(ready.output_source)) AS source_type
       FROM ready
+    ), sized AS MATERIALIZED (
+      SELECT typed.*,
+             CASE WHEN typed.step_type = 'single' THEN 1
+                  WHEN typed.source_type <> 'array' THEN NULL
+                  WHEN typed.input_source IS NOT NULL THEN jsonb_array_length(typed.input_source)
+                  ELSE json_array_length(typed.output_source)
+             END AS n  -- NULL: a fanout over something that is not an array
+      FROM typed
     ), started AS (
       UPDATE pgflow.step_states ss
       SET status = CASE WHEN sized.n = 0 THEN 'completed' ELSE 'started' END,
           total_tasks = sized.n,
           remaining_tasks = sized.n,
-          output = CASE WHEN sized.n = 0 THEN '[]'::jsonb END,
+          output = CASE WHEN sized.n = 0 THEN '[]'::json END,
           started_at = now(),
           ended_at = CASE WHEN sized.n = 0 THEN now() END
       FROM sized
@@ -576,15 +591,19 @@ BEGIN
       FROM sized WHERE sized.step_type = 'single'
       UNION ALL
       SELECT sized.run_id, sized.step_slug, (e.ord - 1)::int, sized.flow_slug, 'queued', now() + sized.start_delay, e.value
-      FROM sized CROSS JOIN LATERAL jsonb_array_elements(sized.source) WITH ORDINALITY AS e(value, ord)
-      WHERE sized.step_type = 'fanout' AND sized.n > 0
+      FROM sized CROSS JOIN LATERAL jsonb_array_elements(sized.input_source) WITH ORDINALITY AS e(value, ord)
+      WHERE sized.step_type = 'fanout' AND sized.n > 0 AND sized.input_source IS NOT NULL
+      UNION ALL
+      SELECT sized.run_id, sized.step_slug, (e.ord - 1)::int, sized.flow_slug, 'queued', now() + sized.start_delay, e.value::jsonb
+      FROM sized CROSS JOIN LATERAL json_array_elements(sized.output_source) WITH ORDINALITY AS e(value, ord)
+      WHERE sized.step_type = 'fanout' AND sized.n > 0 AND sized.output_source IS NOT NULL
     ), bad AS (
       SELECT sized.run_id, sized.step_slug,
              CASE WHEN d.dep_slug IS NULL
                THEN format('fanout step %s expects the flow input to be a JSON array, got %s',
-                           to_jsonb(sized.step_slug), coalesce(jsonb_typeof(sized.source), 'null'))
+                           to_jsonb(sized.step_slug), coalesce(sized.source_type, 'null'))
                ELSE format('fanout step %s expects dependency %s to output a JSON array, got %s',
-                           to_jsonb(sized.step_slug), to_jsonb(d.dep_slug), coalesce(jsonb_typeof(sized.source), 'null'))
+                           to_jsonb(sized.step_slug), to_jsonb(d.dep_slug), coalesce(sized.source_type, 'null'))
              END AS message
       FROM sized
       LEFT JOIN pgflow.deps d ON d.flow_slug = sized.flow_slug AND d.step_slug = sized.step_slug
@@ -622,7 +641,8 @@ BEGIN
         status = CASE WHEN r.status = 'started' AND r.remaining_steps = c.n THEN 'completed' ELSE r.status END,
         ended_at = CASE WHEN r.status = 'started' AND r.remaining_steps = c.n THEN now() ELSE r.ended_at END,
         output = CASE WHEN r.status = 'started' AND r.remaining_steps = c.n THEN
-                   (SELECT coalesce(jsonb_object_agg(ss.step_slug, ss.output), '{}')
+                   (SELECT ('{' || coalesce(string_agg(to_json(ss.step_slug)::text || ': ' || coalesce(ss.output::text, 'null'), ', '
+                                                      ORDER BY octet_length(ss.step_slug), ss.step_slug COLLATE "C"), '') || '}')::json
                     FROM pgflow.step_states ss
                     WHERE ss.run_id = r.run_id
                       AND NOT EXISTS (SELECT 1 FROM pgflow.deps d
@@ -997,7 +1017,7 @@ CREATE FUNCTION pgflow.claim_tasks(
   attempt     int,
   timeout     interval,
   run_input   jsonb,
-  deps_output jsonb,
+  deps_output json,
   item        jsonb
 )
 LANGUAGE plpgsql AS $$
@@ -1124,7 +1144,8 @@ BEGIN
   SELECT c.run_id, c.flow_slug, c.step_slug, c.task_index, c.attempt, c.timeout,
          CASE WHEN c.with_run THEN c.run_input END,
          CASE WHEN c.step_type = 'single' AND c.deps_count > 0 THEN
-           (SELECT jsonb_object_agg(d.dep_slug, ss.output)
+           (SELECT ('{' || string_agg(to_json(d.dep_slug)::text || ': ' || coalesce(ss.output::text, 'null'), ', '
+                                      ORDER BY octet_length(d.dep_slug), d.dep_slug COLLATE "C") || '}')::json
             FROM pgflow.deps d
             JOIN pgflow.step_states ss ON ss.run_id = c.run_id AND ss.step_slug = d.dep_slug
             WHERE d.flow_slug = c.flow_slug AND d.step_slug = c.step_slug)
@@ -1307,7 +1328,7 @@ BEGIN
     WHERE k.step_type = 'single'
       AND t.run_id = k.run_id AND t.step_slug = k.step_slug AND t.task_index = k.task_index
       AND t.attempt = k.attempt AND (t.status = 'started') IS TRUE
-    RETURNING t.run_id, t.step_slug, t.flow_slug, t.status, coalesce(k.output, 'null'::jsonb) AS output
+    RETURNING t.run_id, t.step_slug, t.flow_slug, t.status, coalesce(k.output, 'null'::jsonb)::json AS output
   ), completed AS (
     UPDATE pgflow.step_states ss
     SET status = 'completed', remaining_tasks = ss.remaining_tasks - 1, output = done.output, ended_at = now()
@@ -1343,23 +1364,28 @@ BEGIN
     FROM released WHERE released.status = 'started'
   ), counts AS (
     SELECT cm.run_id, count(*)::int AS n,
-           jsonb_object_agg(cm.step_slug, cm.output) FILTER (WHERE NOT cm.has_dependents) AS leaves
+           array_agg(cm.step_slug) FILTER (WHERE NOT cm.has_dependents) AS leaf_slugs,
+           array_agg(cm.output) FILTER (WHERE NOT cm.has_dependents) AS leaf_outputs
     FROM completed cm GROUP BY cm.run_id
   ), runs_done AS (
-    -- The run output is an object keyed by leaf step slug: the outputs in
-    -- the leaf step states, overridden by those of the leaf steps completed
-    -- here (this statement reads their step states as they were before).
+    -- The run output is an object keyed by leaf step slug: the outputs of
+    -- the leaf steps completed here, and those in the other leaf step
+    -- states (this statement reads the step states as they were before).
     UPDATE pgflow.runs r
     SET remaining_steps = r.remaining_steps - counts.n,
         status = CASE WHEN r.remaining_steps = counts.n THEN 'completed' ELSE r.status END,
         ended_at = CASE WHEN r.remaining_steps = counts.n THEN now() ELSE r.ended_at END,
         output = CASE WHEN r.remaining_steps = counts.n THEN
-                   coalesce((SELECT jsonb_object_agg(ss.step_slug, ss.output)
-                             FROM pgflow.step_states ss
-                             WHERE ss.run_id = r.run_id
-                               AND NOT EXISTS (SELECT 1 FROM pgflow.deps d
-                                               WHERE d.flow_slug = ss.flow_slug AND d.dep_slug = ss.step_slug)), '{}')
-                   || coalesce(counts.leaves, '{}')
+                   (SELECT ('{' || coalesce(string_agg(to_json(l.slug)::text || ': ' || coalesce(l.output::text, 'null'), ', '
+                                                      ORDER BY octet_length(l.slug), l.slug COLLATE "C"), '') || '}')::json
+                    FROM (SELECT u.slug, u.output FROM unnest(counts.leaf_slugs, counts.leaf_outputs) AS u(slug, output)
+                          UNION ALL
+                          SELECT ss.step_slug, ss.output
+                          FROM pgflow.step_states ss
+                          WHERE ss.run_id = r.run_id
+                            AND ss.step_slug <> ALL (coalesce(counts.leaf_slugs, '{}'))
+                            AND NOT EXISTS (SELECT 1 FROM pgflow.deps d
+                                            WHERE d.flow_slug = ss.flow_slug AND d.dep_slug = ss.step_slug)) l)
                  ELSE r.output END
     FROM counts
     WHERE r.run_id = counts.run_id AND r.status = 'started'
@@ -1397,7 +1423,7 @@ BEGIN
       -- granted, plus this batch's own.
       UPDATE pgflow.step_states ss
       SET status = 'completed', ended_at = now(),
-          output = (SELECT coalesce(jsonb_agg(t.output ORDER BY t.task_index), '[]')
+          output = (SELECT coalesce(json_agg(t.output ORDER BY t.task_index), '[]')
                     FROM pgflow.step_tasks t
                     WHERE t.run_id = ss.run_id AND t.step_slug = ss.step_slug)
       FROM unnest(v_done_runs, v_done_steps) AS d(run_id, step_slug)
