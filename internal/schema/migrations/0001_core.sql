@@ -1157,29 +1157,31 @@ END $$;
 
 -- _complete_batch records the outputs of a batch of fanout tasks (single
 -- steps complete in complete_tasks) and decrements their step states in one
--- statement. Guarded, it decrements only steps that keep tasks left (the
--- caller holds no run rows); the caller compares counted_steps with
+-- statement. Guarded, it does nothing (passed is false) unless every step
+-- of the batch, as last committed, keeps tasks left after the batch, and
+-- it then decrements only steps that still do once locked (the caller
+-- holds no run rows); the caller compares counted_steps with
 -- decremented_steps to see whether that held for every step. It returns
 -- the steps whose last task this batch completed, which the caller
 -- completes with their aggregated output.
 CREATE FUNCTION pgflow._complete_batch(
   p_run_ids uuid[], p_step_slugs text[], p_task_indexes int[], p_attempts int[], p_outputs jsonb[],
   p_guarded boolean,
-  OUT counted_steps int, OUT decremented_steps int, OUT applied int, OUT done_runs uuid[], OUT done_steps text[],
-  OUT done_release boolean)
+  OUT passed boolean, OUT counted_steps int, OUT decremented_steps int, OUT applied int,
+  OUT done_runs uuid[], OUT done_steps text[], OUT done_release boolean)
 LANGUAGE plpgsql AS $$
 BEGIN
   WITH c AS (
     SELECT * FROM unnest(p_run_ids, p_step_slugs, p_task_indexes, p_attempts, p_outputs)
              AS c(run_id, step_slug, task_index, attempt, output)
-  ), kinds AS MATERIALIZED (
-    -- The batch's fanout steps and the status of their runs, looked up
-    -- once per step rather than once per task.
-    SELECT DISTINCT ss.run_id, ss.step_slug,
-           (SELECT r.status FROM pgflow.runs r WHERE r.run_id = ss.run_id) AS run_status
-    FROM (SELECT DISTINCT c.run_id, c.step_slug FROM c) k
-    JOIN pgflow.step_states ss ON ss.run_id = k.run_id AND ss.step_slug = k.step_slug
-    JOIN pgflow.steps s ON s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug AND s.step_type = 'fanout'
+  ), steps AS MATERIALIZED (
+    -- The batch's steps, the status of their runs and whether the guard
+    -- holds for them, looked up once per step rather than once per task.
+    SELECT k.run_id, k.step_slug,
+           NOT p_guarded OR coalesce(ss.status = 'started' AND ss.remaining_tasks > k.n, false) AS ok,
+           (SELECT r.status FROM pgflow.runs r WHERE r.run_id = k.run_id) AS run_status
+    FROM (SELECT c.run_id, c.step_slug, count(*)::int AS n FROM c GROUP BY c.run_id, c.step_slug) k
+    LEFT JOIN pgflow.step_states ss ON ss.run_id = k.run_id AND ss.step_slug = k.step_slug
   ), done AS (
     -- A task keeps its output for the aggregate. A task whose run has
     -- ended (a race with a cancel) is cancelled instead.
@@ -1187,8 +1189,9 @@ BEGIN
     SET status = CASE WHEN k.run_status = 'started' THEN 'completed' ELSE 'cancelled' END,
         ended_at = now(),
         output = CASE WHEN k.run_status = 'started' THEN coalesce(c.output, 'null'::jsonb) END
-    FROM c, kinds k
-    WHERE t.run_id = c.run_id AND t.step_slug = c.step_slug AND t.task_index = c.task_index
+    FROM c, steps k
+    WHERE NOT EXISTS (SELECT 1 FROM steps WHERE NOT steps.ok)
+      AND t.run_id = c.run_id AND t.step_slug = c.step_slug AND t.task_index = c.task_index
       AND t.attempt = c.attempt AND (t.status = 'started') IS TRUE
       AND k.run_id = c.run_id AND k.step_slug = c.step_slug
     RETURNING t.run_id, t.step_slug, t.status
@@ -1214,12 +1217,13 @@ BEGIN
       AND (NOT p_guarded OR ss.remaining_tasks > l.n)
     RETURNING ss.run_id, ss.step_slug, ss.flow_slug, ss.remaining_tasks, l.n
   )
-  SELECT (SELECT count(*) FROM counted), count(*), coalesce(sum(d.n), 0)::int,
+  SELECT coalesce((SELECT bool_and(steps.ok) FROM steps), false),
+         (SELECT count(*) FROM counted), count(*), coalesce(sum(d.n), 0)::int,
          coalesce(array_agg(d.run_id) FILTER (WHERE d.remaining_tasks = 0), '{}'),
          coalesce(array_agg(d.step_slug) FILTER (WHERE d.remaining_tasks = 0), '{}'),
          coalesce(bool_or(EXISTS (SELECT 1 FROM pgflow.deps x WHERE x.flow_slug = d.flow_slug AND x.dep_slug = d.step_slug))
                   FILTER (WHERE d.remaining_tasks = 0), false)
-  INTO counted_steps, decremented_steps, applied, done_runs, done_steps, done_release
+  INTO passed, counted_steps, decremented_steps, applied, done_runs, done_steps, done_release
   FROM decremented d;
 END $$;
 
@@ -1240,7 +1244,7 @@ CREATE FUNCTION pgflow.complete_tasks(
 ) RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
-  v_guarded     boolean;
+  v_passed      boolean;
   v_steps       int;
   v_counted     int;
   v_applied     int;
@@ -1265,31 +1269,25 @@ BEGIN
   END IF;
 
   -- The fast path: a batch that cannot finish any step (each of its steps
-  -- has more unfinished tasks than the batch completes) decrements its step
-  -- states at the end of one statement, without the run rows. This first
-  -- check reads without locks; the decrement itself is guarded, and when a
-  -- guard fails (a step got closer to its end meanwhile), the error escape
-  -- from the block undoes the attempt and releases its locks, and the slow
-  -- path runs instead. A batch of first tasks only is taken to be one of
-  -- single steps, which always finish their step, and goes straight to the
-  -- slow path (for the first tasks of fanouts that is merely slower).
-  v_guarded := 0 < ANY (task_indexes);
-  IF v_guarded THEN
-    SELECT coalesce(bool_and(ss.status = 'started' AND ss.remaining_tasks > b.n), false)
-    INTO v_guarded
-    FROM (SELECT x.run_id, x.step_slug, count(*)::int AS n
-          FROM unnest(run_ids, step_slugs) AS x(run_id, step_slug) GROUP BY x.run_id, x.step_slug) b
-    LEFT JOIN pgflow.step_states ss ON ss.run_id = b.run_id AND ss.step_slug = b.step_slug;
-  END IF;
-
-  IF v_guarded THEN
+  -- has more unfinished tasks than the batch completes, as last committed)
+  -- decrements its step states at the end of one statement, without the
+  -- run rows; a batch that might finish one does nothing there. The
+  -- decrement itself is guarded again, and when a guard fails (a step got
+  -- closer to its end meanwhile), the error escape from the block undoes
+  -- the attempt and releases its locks, and the slow path runs instead. A
+  -- batch of first tasks only is taken to be one of single steps, which
+  -- always finish their step, and goes straight to the slow path (for the
+  -- first tasks of fanouts that is merely slower).
+  IF 0 < ANY (task_indexes) THEN
     BEGIN
-      SELECT * INTO v_counted, v_steps, v_applied, v_done_runs, v_done_steps, v_release
+      SELECT * INTO v_passed, v_counted, v_steps, v_applied, v_done_runs, v_done_steps, v_release
       FROM pgflow._complete_batch(run_ids, step_slugs, task_indexes, attempts, outputs, true);
-      IF v_steps < v_counted THEN
+      IF v_passed AND v_steps < v_counted THEN
         RAISE EXCEPTION 'complete_tasks: batch may finish a step' USING ERRCODE = 'PF900';
       END IF;
-      RETURN v_applied;
+      IF v_passed THEN
+        RETURN v_applied;
+      END IF;
     EXCEPTION WHEN SQLSTATE 'PF900' THEN
       NULL; -- undone; take the slow path
     END;
@@ -1409,7 +1407,7 @@ BEGIN
 
   -- The general path, for the rest of the batch.
   IF cardinality(v_rest) > 0 THEN
-    SELECT * INTO v_counted, v_steps, v_more, v_done_runs, v_done_steps, v_release
+    SELECT * INTO v_passed, v_counted, v_steps, v_more, v_done_runs, v_done_steps, v_release
     FROM pgflow._complete_batch(ARRAY(SELECT run_ids[o] FROM unnest(v_rest) AS o),
                                 ARRAY(SELECT step_slugs[o] FROM unnest(v_rest) AS o),
                                 ARRAY(SELECT task_indexes[o] FROM unnest(v_rest) AS o),
