@@ -1023,8 +1023,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
   v_expired     tid[];
   v_queued      tid[];
+  v_tids        tid[];
   v_any_expired boolean;
   v_turn        bigint;
+  v_claimed     int;
 BEGIN
   IF claim_tasks.max_tasks IS NULL OR claim_tasks.max_tasks < 1 OR coalesce(cardinality(claim_tasks.flow_slugs), 0) = 0 THEN
     RETURN;
@@ -1086,39 +1088,27 @@ BEGIN
     -- until commit; other claims skip them meanwhile).
     v_queued := v_queued[1:claim_tasks.max_tasks - cardinality(v_expired)];
   END IF;
-
-  IF cardinality(v_expired) + cardinality(v_queued) = 0 THEN
+  v_tids := v_expired || v_queued;
+  IF cardinality(v_tids) = 0 THEN
     RETURN;
   END IF;
 
-  -- The update reaches the locked rows by address only: any other condition
-  -- on the task table would let the planner walk a whole step's tasks. The
-  -- addresses go through a sub-select so that the planner does not see how
-  -- many there are: told "100", it prices a TID scan above a sequential scan
-  -- of a small task table.
   RETURN QUERY
   WITH opts AS MATERIALIZED (
     -- Each requested step's options, computed once, not once per task.
-    SELECT so.flow_slug, so.step_slug, so.step_type, so.deps_count, so.timeout, so.max_attempts, so.base_delay,
-           bool_or(coalesce(w.with_run, true)) AS with_run
-    FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs, claim_tasks.with_run_input)
-         AS w(flow_slug, step_slug, with_run)
-    JOIN pgflow.step_options so ON so.flow_slug = w.flow_slug AND so.step_slug = w.step_slug
-    GROUP BY so.flow_slug, so.step_slug, so.step_type, so.deps_count, so.timeout, so.max_attempts, so.base_delay
-  ), locked AS (
-    -- The locked tasks, each with its run and its step's options: joined
-    -- here rather than looked up by a sub-select per updated row. A task
-    -- whose run or step definition is gone (deleted by hand) or whose run
-    -- has ended is cancelled below instead of handed out.
-    SELECT x.ctid AS tid, r.status AS run_status, r.input AS run_input,
-           o.step_type, o.deps_count, o.timeout, o.max_attempts, o.base_delay, o.with_run
-    FROM pgflow.step_tasks x
-    LEFT JOIN pgflow.runs r ON r.run_id = x.run_id
-    LEFT JOIN opts o ON o.flow_slug = x.flow_slug AND o.step_slug = x.step_slug
-    WHERE x.ctid = ANY (ARRAY(SELECT unnest(v_expired || v_queued)))
+    -- Written so that the planner expects a row per requested step: told
+    -- "one row", it scans the tasks by address once per step.
+    SELECT w.flow_slug, w.step_slug, so.step_type, so.deps_count, so.timeout, so.max_attempts, so.base_delay, w.with_run
+    FROM (SELECT u.flow_slug, u.step_slug, bool_or(coalesce(u.with_run, true)) AS with_run
+          FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs, claim_tasks.with_run_input)
+               AS u(flow_slug, step_slug, with_run)
+          GROUP BY u.flow_slug, u.step_slug) w
+    LEFT JOIN pgflow.step_options so ON so.flow_slug = w.flow_slug AND so.step_slug = w.step_slug
   ), claimed AS (
     UPDATE pgflow.step_tasks t
-    SET status = CASE WHEN l.run_status = 'started' AND l.timeout IS NOT NULL THEN 'started' ELSE 'cancelled' END,
+    -- A task whose run has ended, or whose step definition is gone
+    -- (deleted by hand), is cancelled instead of handed out.
+    SET status = CASE WHEN r.status = 'started' AND l.timeout IS NOT NULL THEN 'started' ELSE 'cancelled' END,
         attempt = t.attempt + 1,
         failures = t.failures + (t.status = 'started')::int,
         error_message = CASE WHEN t.status = 'started'
@@ -1131,13 +1121,15 @@ BEGIN
                             THEN pgflow._retry_delay(l.base_delay, t.failures + (t.status = 'started')::int + 1)
                             ELSE interval '0' END,
         started_at = now(),
-        ended_at = CASE WHEN l.run_status = 'started' AND l.timeout IS NOT NULL THEN NULL ELSE now() END,
+        ended_at = CASE WHEN r.status = 'started' AND l.timeout IS NOT NULL THEN NULL ELSE now() END,
         worker_id = claim_tasks.worker_id
-    -- The same addresses: the planner reaches each task by its address.
-    FROM locked l
-    WHERE t.ctid = l.tid
+    FROM opts l, pgflow.runs r
+    -- The tasks are reached by address only: any other condition on the
+    -- task table would let the planner walk a whole step's tasks.
+    WHERE t.ctid = ANY (v_tids)
+      AND l.flow_slug = t.flow_slug AND l.step_slug = t.step_slug AND r.run_id = t.run_id
     RETURNING t.run_id, t.flow_slug, t.step_slug, t.task_index, t.attempt, t.status, t.item,
-              l.timeout, l.with_run, l.run_input, l.step_type, l.deps_count
+              l.timeout, l.with_run, r.input AS run_input, l.step_type, l.deps_count
   )
   SELECT c.run_id, c.flow_slug, c.step_slug, c.task_index, c.attempt, c.timeout,
          CASE WHEN c.with_run THEN c.run_input END,
@@ -1151,6 +1143,17 @@ BEGIN
          c.item
   FROM claimed c
   WHERE c.status = 'started';
+
+  -- A task whose run is gone (deleted by hand) is not reached by the join
+  -- to the runs above; when the claim handed out fewer tasks than it
+  -- locked, such tasks among them are cancelled.
+  GET DIAGNOSTICS v_claimed = ROW_COUNT;
+  IF v_claimed < cardinality(v_tids) THEN
+    UPDATE pgflow.step_tasks t
+    SET status = 'cancelled', ended_at = now()
+    WHERE t.ctid = ANY (v_tids) AND t.status IN ('queued', 'started')
+      AND NOT EXISTS (SELECT 1 FROM pgflow.runs r WHERE r.run_id = t.run_id);
+  END IF;
 END $$;
 
 -- _complete_batch records the outputs of a batch of fanout tasks (single
