@@ -113,9 +113,8 @@ func mapError(op string, err error) error {
 	return fmt.Errorf("%s: %w", op, err)
 }
 
-// checkJSON rejects what the database would refuse, before it is sent:
-// text that is not JSON or not UTF-8, and the NUL character (\u0000),
-// which jsonb cannot hold (a run's input is read back as jsonb).
+// checkJSON rejects what Postgres's jsonb cannot store, before it is sent:
+// text that is not JSON or not UTF-8, and the NUL character (\u0000).
 func checkJSON(b []byte) error {
 	if !utf8.Valid(b) {
 		return errors.New("not valid UTF-8")

@@ -59,7 +59,7 @@ func benchPool(b *testing.B) *pgxpool.Pool {
 
 // itemsJSON is a JSON array of n objects of about 100 bytes.
 func itemsJSON(n int) string {
-	return fmt.Sprintf(`(SELECT json_agg(json_build_object('url', 'https://example.com/site/' || g, 'pad', repeat('x', 60))) FROM generate_series(1, %d) g)`, n)
+	return fmt.Sprintf(`(SELECT jsonb_agg(jsonb_build_object('url', 'https://example.com/site/' || g, 'pad', repeat('x', 60))) FROM generate_series(1, %d) g)`, n)
 }
 
 // BenchmarkSpawnFanout measures starting a run whose root fanout has 100,000

@@ -342,7 +342,7 @@ func TestNotify(t *testing.T) {
 
 	// One notification per statement: a batch of runs started together
 	// notifies the task channel once.
-	if _, err := e.pool.Exec(e.ctx, "SELECT pgflow.start_flows('noisy', array_fill('[1]'::json, ARRAY[50]))"); err != nil {
+	if _, err := e.pool.Exec(e.ctx, "SELECT pgflow.start_flows('noisy', array_fill('[1]'::jsonb, ARRAY[50]))"); err != nil {
 		t.Fatal(err)
 	}
 	wait("pgflow_tasks")

@@ -706,7 +706,7 @@ func TestRunIDsAreTimeOrdered(t *testing.T) {
 	var ids []string
 	for range 3 {
 		var batch []string
-		if err := e.pool.QueryRow(e.ctx, "SELECT pgflow.start_flows('ordered', array_fill('{}'::json, ARRAY[500]))::text[]").Scan(&batch); err != nil {
+		if err := e.pool.QueryRow(e.ctx, "SELECT pgflow.start_flows('ordered', array_fill('{}'::jsonb, ARRAY[500]))::text[]").Scan(&batch); err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, batch...)

@@ -83,13 +83,13 @@ func scalar[T any](e *engine, sql string, args ...any) T {
 
 func (e *engine) start(flow, input string) string {
 	e.t.Helper()
-	return scalar[string](e, "SELECT pgflow.start_flow($1, $2::json)::text", flow, input)
+	return scalar[string](e, "SELECT pgflow.start_flow($1, $2::jsonb)::text", flow, input)
 }
 
 // startErr starts a run expecting an error and returns it.
 func (e *engine) startErr(flow, input string) *pgconn.PgError {
 	e.t.Helper()
-	_, err := e.pool.Exec(e.ctx, "SELECT pgflow.start_flow($1, $2::json)", flow, input)
+	_, err := e.pool.Exec(e.ctx, "SELECT pgflow.start_flow($1, $2::jsonb)", flow, input)
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
 		e.t.Fatalf("start_flow(%s, %s): want a Postgres error, got %v", flow, input, err)

@@ -20,7 +20,7 @@ func TestClaimUsesTheQueueIndex(t *testing.T) {
 	t.Parallel()
 	e := newEngine(t)
 	e.flow("plans", "", step{slug: "each", fanout: true})
-	e.exec(`SELECT pgflow.start_flows('plans', array_fill((SELECT json_agg(g) FROM generate_series(1, 2000) g), ARRAY[5]))`)
+	e.exec(`SELECT pgflow.start_flows('plans', array_fill((SELECT jsonb_agg(g) FROM generate_series(1, 2000) g), ARRAY[5]))`)
 	e.exec(`UPDATE pgflow.step_tasks SET status = 'completed', output = '1'`)
 	e.start("plans", `[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]`)
 	e.exec(`VACUUM ANALYZE pgflow.step_tasks`)
@@ -148,7 +148,7 @@ func TestReportsReachOnlyTheirRows(t *testing.T) {
 	e := newEngine(t)
 	e.flow("bystanders", "", step{slug: "a"})
 	e.flow("reported", "max_attempts => 2", step{slug: "a"}, step{slug: "b", deps: []string{"a"}})
-	e.exec(`SELECT pgflow.start_flows('bystanders', array_fill('{}'::json, ARRAY[300]))`)
+	e.exec(`SELECT pgflow.start_flows('bystanders', array_fill('{}'::jsonb, ARRAY[300]))`)
 	conn, plans := explainingConn(t, e)
 	if _, err := conn.Exec(e.ctx, "SET auto_explain.log_analyze = on"); err != nil {
 		t.Fatal(err)

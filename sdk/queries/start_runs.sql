@@ -1,1 +1,1 @@
-SELECT pgflow.start_flows($1, $2::json[], $3::uuid[])
+SELECT pgflow.start_flows($1, $2::jsonb[], $3::uuid[])

@@ -119,7 +119,7 @@ CREATE TABLE pgflow.runs (
   run_id           uuid PRIMARY KEY,
   flow_slug        text NOT NULL,
   status           text NOT NULL,  -- started, completed, failed, cancelled
-  input            json NOT NULL,  -- json, like the outputs: see step_states.output
+  input            jsonb NOT NULL,
   output           json,  -- see step_states.output
   remaining_steps  int NOT NULL,
   error_step       text,
@@ -138,14 +138,10 @@ CREATE TABLE pgflow.step_states (
   remaining_deps  int NOT NULL,
   total_tasks     int,  -- set when the step starts
   remaining_tasks int,
-  -- Run inputs, fanout items, and step and run outputs are kept as json
-  -- (text): they are only ever split into elements, put together into
-  -- larger values and handed out whole. A jsonb value is built element by
-  -- element when it is parsed and rebuilt each time it goes into a larger
-  -- one (a 100,000-element output took a quarter of a second to wrap into
-  -- a run output, another to gather; a 100,000-element input took twice
-  -- as long to parse and split as json). Only task outputs stay jsonb, as
-  -- they arrive: they are parsed once, when a task reports.
+  -- Step and run outputs are kept as json (text): they are only ever put
+  -- together into larger values and handed out whole, and a jsonb value
+  -- is rebuilt element by element each time (a 100,000-element output took
+  -- a quarter of a second to wrap into a run output, another to gather).
   -- Objects of outputs (a run's, a task's dependencies') are written as
   -- text the way jsonb prints them (keys shorter first, then bytewise;
   -- ": " and ", "), so that they read the same as jsonb would; a helper
@@ -171,7 +167,7 @@ CREATE TABLE pgflow.step_tasks (
   flow_slug     text NOT NULL,
   status        text NOT NULL,  -- queued, started, completed, failed, cancelled
   visible_at    timestamptz NOT NULL,
-  item          json,  -- a fanout task's own element
+  item          jsonb,  -- a fanout task's own element
   output        jsonb,  -- a fanout task's output (a single step's output lives in step_states)
   error_message text,
   worker_id     uuid,
@@ -553,24 +549,31 @@ BEGIN
     -- is not a JSON array is reported, and fails its run below (the
     -- producing step keeps its output for inspection).
     WITH ready AS (
+      -- A fanout's source: the run input (jsonb) for a root fanout, else
+      -- its dependency's output (json).
       SELECT ss.run_id, ss.step_slug, ss.flow_slug, s.step_type, coalesce(s.opt_start_delay, interval '0') AS start_delay,
-             CASE WHEN s.step_type = 'fanout' THEN
-               CASE WHEN s.deps_count = 0 THEN r.input
-                    ELSE (SELECT dss.output FROM pgflow.deps d
-                          JOIN pgflow.step_states dss ON dss.run_id = ss.run_id AND dss.step_slug = d.dep_slug
-                          WHERE d.flow_slug = ss.flow_slug AND d.step_slug = ss.step_slug) END
-             END AS source
+             CASE WHEN s.step_type = 'fanout' AND s.deps_count = 0 THEN r.input END AS input_source,
+             CASE WHEN s.step_type = 'fanout' AND s.deps_count > 0 THEN
+               (SELECT dss.output FROM pgflow.deps d
+                JOIN pgflow.step_states dss ON dss.run_id = ss.run_id AND dss.step_slug = d.dep_slug
+                WHERE d.flow_slug = ss.flow_slug AND d.step_slug = ss.step_slug)
+             END AS output_source
       FROM unnest(v_ready_runs, v_ready_steps) AS x(run_id, step_slug)
       JOIN pgflow.step_states ss ON ss.run_id = x.run_id AND ss.step_slug = x.step_slug
       JOIN pgflow.runs r ON r.run_id = ss.run_id
       JOIN pgflow.steps s ON s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug
       WHERE ss.status = 'created' AND r.status = 'started'
-    ), sized AS MATERIALIZED (
-      SELECT ready.*, json_typeof(ready.source) AS source_type,
-             CASE WHEN ready.step_type = 'single' THEN 1
-                  WHEN json_typeof(ready.source) = 'array' THEN json_array_length(ready.source)
-             END AS n  -- NULL: a fanout over something that is not an array
+    ), typed AS (
+      SELECT ready.*, coalesce(jsonb_typeof(ready.input_source), json_typeof(ready.output_source)) AS source_type
       FROM ready
+    ), sized AS MATERIALIZED (
+      SELECT typed.*,
+             CASE WHEN typed.step_type = 'single' THEN 1
+                  WHEN typed.source_type <> 'array' THEN NULL
+                  WHEN typed.input_source IS NOT NULL THEN jsonb_array_length(typed.input_source)
+                  ELSE json_array_length(typed.output_source)
+             END AS n  -- NULL: a fanout over something that is not an array
+      FROM typed
     ), started AS (
       UPDATE pgflow.step_states ss
       SET status = CASE WHEN sized.n = 0 THEN 'completed' ELSE 'started' END,
@@ -588,8 +591,12 @@ BEGIN
       FROM sized WHERE sized.step_type = 'single'
       UNION ALL
       SELECT sized.run_id, sized.step_slug, (e.ord - 1)::int, sized.flow_slug, 'queued', now() + sized.start_delay, e.value
-      FROM sized CROSS JOIN LATERAL json_array_elements(sized.source) WITH ORDINALITY AS e(value, ord)
-      WHERE sized.step_type = 'fanout' AND sized.n > 0
+      FROM sized CROSS JOIN LATERAL jsonb_array_elements(sized.input_source) WITH ORDINALITY AS e(value, ord)
+      WHERE sized.step_type = 'fanout' AND sized.n > 0 AND sized.input_source IS NOT NULL
+      UNION ALL
+      SELECT sized.run_id, sized.step_slug, (e.ord - 1)::int, sized.flow_slug, 'queued', now() + sized.start_delay, e.value::jsonb
+      FROM sized CROSS JOIN LATERAL json_array_elements(sized.output_source) WITH ORDINALITY AS e(value, ord)
+      WHERE sized.step_type = 'fanout' AND sized.n > 0 AND sized.output_source IS NOT NULL
     ), bad AS (
       SELECT sized.run_id, sized.step_slug,
              CASE WHEN d.dep_slug IS NULL
@@ -662,7 +669,7 @@ END $$;
 -- start_flows starts one run per input (run_ids, when given, names them) and
 -- returns the run ids in input order. A flow with a root fanout step rejects
 -- an input that is not a JSON array, and then no run is created.
-CREATE FUNCTION pgflow.start_flows(flow_slug text, inputs json[], run_ids uuid[] DEFAULT NULL)
+CREATE FUNCTION pgflow.start_flows(flow_slug text, inputs jsonb[], run_ids uuid[] DEFAULT NULL)
 RETURNS uuid[]
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -682,11 +689,6 @@ BEGIN
       USING ERRCODE = 'PF005';
   END IF;
 
-  -- jsonb cannot hold the character NUL (\u0000), and get_run reads a
-  -- run's input as jsonb: an input that may hold one is converted, which
-  -- raises the error for it (a text search first spares the others).
-  PERFORM i.input::jsonb FROM unnest(inputs) AS i(input) WHERE strpos(i.input::text, '\u0000') > 0;
-
   -- The flow is kept from changing while the runs start; its steps are
   -- read in the next statement, which sees a definition change that
   -- committed while this one waited for the lock.
@@ -705,9 +707,9 @@ BEGIN
   END IF;
 
   IF v_root IS NOT NULL THEN
-    SELECT i.ord, json_typeof(coalesce(i.input, 'null')) AS got INTO v_bad
+    SELECT i.ord, jsonb_typeof(coalesce(i.input, 'null')) AS got INTO v_bad
     FROM unnest(inputs) WITH ORDINALITY AS i(input, ord)
-    WHERE json_typeof(coalesce(i.input, 'null')) <> 'array'
+    WHERE jsonb_typeof(coalesce(i.input, 'null')) <> 'array'
     ORDER BY i.ord LIMIT 1;
     IF FOUND THEN
       RAISE EXCEPTION 'flow % maps its input with root fanout step %: the input must be a JSON array, got %',
@@ -732,7 +734,7 @@ BEGIN
            coalesce(s.opt_start_delay, interval '0') AS start_delay,
            CASE WHEN s.deps_count > 0 THEN NULL
                 WHEN s.step_type = 'single' THEN 1
-                ELSE json_array_length(ids.input) END AS n
+                ELSE jsonb_array_length(ids.input) END AS n
     FROM ids CROSS JOIN pgflow.steps s
     WHERE s.flow_slug = start_flows.flow_slug
   ), new_states AS (
@@ -748,7 +750,7 @@ BEGIN
     FROM states WHERE states.n = 1 AND states.step_type = 'single'
     UNION ALL
     SELECT states.run_id, states.step_slug, (e.ord - 1)::int, start_flows.flow_slug, 'queued', now() + states.start_delay, e.value
-    FROM states CROSS JOIN LATERAL json_array_elements(states.input) WITH ORDINALITY AS e(value, ord)
+    FROM states CROSS JOIN LATERAL jsonb_array_elements(states.input) WITH ORDINALITY AS e(value, ord)
     WHERE states.step_type = 'fanout' AND states.n > 0
   )
   SELECT (SELECT array_agg(ids.run_id ORDER BY ids.ord) FROM ids),
@@ -767,10 +769,10 @@ BEGIN
 END $$;
 
 -- start_flow starts one run and returns its id.
-CREATE FUNCTION pgflow.start_flow(flow_slug text, input json DEFAULT '{}', run_id uuid DEFAULT NULL)
+CREATE FUNCTION pgflow.start_flow(flow_slug text, input jsonb DEFAULT '{}', run_id uuid DEFAULT NULL)
 RETURNS uuid
 LANGUAGE sql
-RETURN (pgflow.start_flows(flow_slug, ARRAY[coalesce(input, 'null'::json)],
+RETURN (pgflow.start_flows(flow_slug, ARRAY[coalesce(input, 'null'::jsonb)],
         CASE WHEN run_id IS NULL THEN NULL ELSE ARRAY[run_id] END))[1];
 
 ------------------------------------------------------------------------------
@@ -1014,9 +1016,9 @@ CREATE FUNCTION pgflow.claim_tasks(
   task_index  int,
   attempt     int,
   timeout     interval,
-  run_input   json,
+  run_input   jsonb,
   deps_output json,
-  item        json
+  item        jsonb
 )
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -1590,7 +1592,7 @@ END;
 -- Starting a wide fanout materializes its input and its elements; with the
 -- default work_mem they went through temporary files, which made starting
 -- a 100,000-item fanout 10-15% slower.
-ALTER FUNCTION pgflow.start_flows(text, json[], uuid[]) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+ALTER FUNCTION pgflow.start_flows(text, jsonb[], uuid[]) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
   SET work_mem = '64MB';
 ALTER FUNCTION pgflow.claim_tasks(uuid, text[], text[], int, boolean[], interval, bigint) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
 ALTER FUNCTION pgflow.complete_tasks(uuid[], text[], int[], int[], jsonb[]) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;

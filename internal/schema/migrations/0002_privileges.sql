@@ -6,7 +6,7 @@
 --     caller needs EXECUTE on a function and no privilege on the tables
 --     behind it. Each has its search_path pinned to pg_catalog, pg_temp
 --     (every object of the engine is written schema-qualified as pgflow.*,
---     and every built-in it uses - json, jsonb, uuid, interval, array and text
+--     and every built-in it uses - jsonb, uuid, interval, array and text
 --     operators and functions, gen_random_uuid, pg_notify - lives in
 --     pg_catalog), so a caller's search_path cannot redirect what they run
 --     as the owner. ALTER FUNCTION ... SET adds to a function's settings:
@@ -47,9 +47,9 @@ ALTER FUNCTION pgflow.update_flow_options(text, int, interval, interval)
   SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION pgflow.update_step_options(text, text, int, interval, interval, interval)
   SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION pgflow.start_flows(text, json[], uuid[])
+ALTER FUNCTION pgflow.start_flows(text, jsonb[], uuid[])
   SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION pgflow.start_flow(text, json, uuid)
+ALTER FUNCTION pgflow.start_flow(text, jsonb, uuid)
   SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION pgflow.claim_tasks(uuid, text[], text[], int, boolean[], interval, bigint)
   SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
@@ -143,8 +143,8 @@ DECLARE
   v_stmts text[] := ARRAY[
     'GRANT USAGE ON SCHEMA pgflow TO %I',
     'GRANT SELECT ON pgflow.flows, pgflow.steps, pgflow.deps TO %I',
-    'GRANT EXECUTE ON FUNCTION pgflow.start_flows(text, json[], uuid[]),'
-      ' pgflow.start_flow(text, json, uuid),'
+    'GRANT EXECUTE ON FUNCTION pgflow.start_flows(text, jsonb[], uuid[]),'
+      ' pgflow.start_flow(text, jsonb, uuid),'
       ' pgflow.get_run(uuid),'
       ' pgflow.is_valid_slug(text) TO %I',
     -- The runs themselves: exactly what get_run returns of them.
