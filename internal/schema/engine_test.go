@@ -649,6 +649,39 @@ func TestClaimSurvivesOrphanedTasks(t *testing.T) {
 	}
 }
 
+// TestCompletionWithoutStepState: fanout tasks whose step state was deleted
+// by hand are left as they are by a completion batch (nothing to count
+// them in), while the batch's other tasks complete.
+func TestCompletionWithoutStepState(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("stateless", "", step{slug: "each", fanout: true})
+	gone := e.start("stateless", `[1, 2, 3]`)
+	kept := e.start("stateless", `[4, 5, 6]`)
+	tasks := e.claim(10, "stateless.each")
+	e.exec("DELETE FROM pgflow.step_states WHERE run_id = $1::uuid", gone)
+
+	var batch []task
+	for _, k := range tasks {
+		if k.Index > 0 {
+			batch = append(batch, k)
+		}
+	}
+	n, err := completeBatch(e.ctx, e.pool, batch, func(task) string { return "1" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Fatalf("%d results applied, want the 2 of the run with its step state", n)
+	}
+	if got := scalar[int](e, "SELECT count(*)::int FROM pgflow.step_tasks WHERE run_id = $1::uuid AND status = 'started'", gone); got != 3 {
+		t.Fatalf("%d tasks of the run without step state still started, want 3", got)
+	}
+	if got := scalar[int](e, "SELECT remaining_tasks FROM pgflow.step_states WHERE run_id = $1::uuid", kept); got != 1 {
+		t.Fatalf("remaining tasks %d, want 1", got)
+	}
+}
+
 // TestReportsForUnknownTasks: complete and fail calls for tasks that do not
 // exist change nothing and raise nothing.
 func TestReportsForUnknownTasks(t *testing.T) {

@@ -1180,20 +1180,21 @@ BEGIN
   ), steps AS MATERIALIZED (
     -- The batch's steps, the status of their runs and whether the guard
     -- holds for them, looked up once per step rather than once per task.
-    SELECT k.run_id, k.step_slug,
+    SELECT k.run_id, k.step_slug, ss.run_id IS NOT NULL AS has_state,
            NOT p_guarded OR coalesce(ss.status = 'started' AND ss.remaining_tasks > k.n, false) AS ok,
            (SELECT r.status FROM pgflow.runs r WHERE r.run_id = k.run_id) AS run_status
     FROM (SELECT c.run_id, c.step_slug, count(*)::int AS n FROM c GROUP BY c.run_id, c.step_slug) k
     LEFT JOIN pgflow.step_states ss ON ss.run_id = k.run_id AND ss.step_slug = k.step_slug
   ), done AS (
     -- A task keeps its output for the aggregate. A task whose run has
-    -- ended (a race with a cancel) is cancelled instead.
+    -- ended (a race with a cancel) is cancelled instead; one whose step
+    -- state is gone (deleted by hand) is left alone.
     UPDATE pgflow.step_tasks t
     SET status = CASE WHEN k.run_status = 'started' THEN 'completed' ELSE 'cancelled' END,
         ended_at = now(),
         output = CASE WHEN k.run_status = 'started' THEN coalesce(c.output, 'null'::jsonb) END
     FROM c, steps k
-    WHERE NOT EXISTS (SELECT 1 FROM steps WHERE NOT steps.ok)
+    WHERE NOT EXISTS (SELECT 1 FROM steps WHERE NOT steps.ok) AND k.has_state
       AND t.run_id = c.run_id AND t.step_slug = c.step_slug AND t.task_index = c.task_index
       AND t.attempt = c.attempt AND (t.status = 'started') IS TRUE
       AND k.run_id = c.run_id AND k.step_slug = c.step_slug
