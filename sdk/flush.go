@@ -223,7 +223,9 @@ func (s *session) sendFailures(ctx context.Context, rs []result) error {
 	var applied int
 	err := s.w.pool.QueryRow(ctx, failSQL, runs, steps, indexes, attempts, messages, permanent).Scan(&applied)
 	if err == nil {
-		signal(s.wake) // the claim loop learns when the retries become claimable
+		// The claim loop learns when the retries become claimable.
+		s.retried.Store(true)
+		signal(s.wake)
 	}
 	return err
 }

@@ -62,9 +62,17 @@ type session struct {
 	// together with a claim only then.
 	claiming atomic.Bool
 
-	turns atomic.Int64  // claims made, from the claim loop and the reporters
-	wake  chan struct{} // wakes the claim loop: tasks may be claimable
-	freed chan struct{} // wakes the claim loop: a slot freed
+	turns atomic.Int64 // claims made, from the claim loop and the reporters
+	// The claim loop's last answer of next_visible_at (nil: nothing
+	// pending), when it asked and how long it trusts an answer; retried
+	// says that this worker has queued retries since, which the answer
+	// does not know of.
+	visibleAt    *time.Time
+	visibleAsked time.Time
+	visibleReuse time.Duration
+	retried      atomic.Bool
+	wake         chan struct{} // wakes the claim loop: tasks may be claimable
+	freed        chan struct{} // wakes the claim loop: a slot freed
 	// results holds a queue of finished tasks per reporter. The results of
 	// one step of one run always go to the same reporter: reports of a
 	// fanout's tasks would otherwise queue for the same step state, while
@@ -97,8 +105,11 @@ type result struct {
 var errShutdown = errors.New("pgflow: worker shutting down")
 
 const (
-	maxFlush        = 500       // results per statement
-	maxErrorMessage = 16 * 1024 // bytes of an error message kept
+	maxFlush = 500 // results per statement
+	// nextVisibleReuse is how long the claim loop trusts an answer of
+	// next_visible_at (see untilNextVisible).
+	nextVisibleReuse = 100 * time.Millisecond
+	maxErrorMessage  = 16 * 1024 // bytes of an error message kept
 )
 
 func newSession(w *Worker) *session {
@@ -120,6 +131,8 @@ func newSession(w *Worker) *session {
 		handlerIdle: handlerIdle,
 		stopFlush:   make(chan struct{}),
 		flushDone:   make(chan struct{}),
+
+		visibleReuse: nextVisibleReuse,
 	}
 	keys := make([]stepKey, 0, len(w.regs))
 	for k := range w.regs {
@@ -369,13 +382,26 @@ func cloneBytes(b []byte) []byte {
 
 // untilNextVisible asks when the next task of these steps becomes
 // claimable (a delayed retry or start, or an expiring lease), capped at the
-// poll interval.
+// poll interval. An answer younger than visibleReuse that still lies
+// ahead is used again instead of asking: a worker fed one task at a time
+// (a chain of steps, a trickle of runs) would otherwise ask after nearly
+// every claim. Other workers' retries are missed between two questions
+// either way; retries this worker queued make it ask again.
 func (s *session) untilNextVisible(ctx context.Context) time.Duration {
-	var next *time.Time
-	if err := s.w.pool.QueryRow(ctx, nextVisibleSQL, s.flowSlugs, s.stepSlugs).Scan(&next); err != nil || next == nil {
+	now := time.Now()
+	fresh := now.Sub(s.visibleAsked) < s.visibleReuse && (s.visibleAt == nil || s.visibleAt.After(now))
+	if s.retried.Swap(false) || !fresh {
+		var next *time.Time
+		if err := s.w.pool.QueryRow(ctx, nextVisibleSQL, s.flowSlugs, s.stepSlugs).Scan(&next); err != nil {
+			s.visibleAsked = time.Time{}
+			return s.opts.PollInterval
+		}
+		s.visibleAt, s.visibleAsked = next, now
+	}
+	if s.visibleAt == nil {
 		return s.opts.PollInterval
 	}
-	return min(max(time.Until(*next), time.Millisecond), s.opts.PollInterval)
+	return min(max(time.Until(*s.visibleAt), time.Millisecond), s.opts.PollInterval)
 }
 
 // start runs a claimed task's handler on a handler goroutine; the task of a

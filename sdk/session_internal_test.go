@@ -5,6 +5,11 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgflow-go/pgflow/internal/testdb"
 )
 
 // runWave hands n blocking functions to the session's handler goroutines
@@ -75,5 +80,64 @@ func TestHandlerGoroutinesAreReused(t *testing.T) {
 			tt.end(s)
 			waitHandlers(t, s, 0)
 		})
+	}
+}
+
+// queryCounter counts the statements a pool runs, by SQL text.
+type queryCounter struct {
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+func (c *queryCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.counts[data.SQL]++
+	return ctx
+}
+
+func (c *queryCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+func (c *queryCounter) count(sql string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.counts[sql]
+}
+
+func TestNextVisibleIsAskedAgainOnlyWhenStale(t *testing.T) {
+	ctx := context.Background()
+	cfg := testdb.NewPool(t).Config()
+	counter := &queryCounter{counts: map[string]int{}}
+	cfg.ConnConfig.Tracer = counter
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	w := NewWorker(pool, WorkerOptions{PollInterval: time.Minute})
+	s := &session{w: w, opts: w.opts, flowSlugs: []string{"nothing"}, stepSlugs: []string{"here"}, visibleReuse: time.Hour}
+	past := time.Now().Add(-time.Second)
+
+	steps := []struct {
+		name   string
+		before func()
+		asks   bool
+	}{
+		{"first time", func() {}, true},
+		{"answer still fresh", func() {}, false},
+		{"this worker queued retries", func() { s.retried.Store(true) }, true},
+		{"answer fresh again", func() {}, false},
+		{"answered moment has passed", func() { s.visibleAt = &past }, true},
+		{"answer too old", func() { s.visibleReuse = 0 }, true},
+	}
+	for _, step := range steps {
+		step.before()
+		before := counter.count(nextVisibleSQL)
+		if wait := s.untilNextVisible(ctx); wait != time.Minute {
+			t.Errorf("%s: waits %v with nothing pending, want the poll interval", step.name, wait)
+		}
+		if asked := counter.count(nextVisibleSQL) > before; asked != step.asks {
+			t.Errorf("%s: asked the database %v, want %v", step.name, asked, step.asks)
+		}
 	}
 }
