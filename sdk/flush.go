@@ -157,10 +157,7 @@ func (s *session) sendCompletions(ctx context.Context, rs []result) error {
 		applied int
 		err     error
 	)
-	n := 0
-	if s.claimsWithReport(rs) {
-		n = s.reserveForReport()
-	}
+	n := s.reserveForReport()
 	if n > 0 {
 		applied, err = s.completeAndClaim(ctx, args, n)
 	}
@@ -233,17 +230,6 @@ func (s *session) completeAlone(ctx context.Context, args []any) (int, error) {
 	var applied int
 	err = conn.QueryRow(ctx, completeSQL, args...).Scan(&applied)
 	return applied, err
-}
-
-// claimsWithReport says whether a report of completions rs carries a
-// claim. One that cannot have queued a task (a single result of a step
-// nothing depends on) while the claim loop has no backlog does not: the
-// worker is not busy reporting, a claim would most likely find nothing,
-// and tasks queued elsewhere wake the claim loop. (Dropping the claim of
-// every such report cost the runs benchmark 3-13%: while results pile up,
-// the reports' claims are what keeps the slots full.)
-func (s *session) claimsWithReport(rs []result) bool {
-	return len(rs) != 1 || s.feeding[stepKey{rs[0].task.Flow, rs[0].task.Step}] || s.backlog.Load()
 }
 
 // reserveForReport reserves the free slots for a claim that goes with a

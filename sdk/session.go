@@ -33,9 +33,6 @@ type session struct {
 	stepSlugs []string
 	withRun   []bool
 	flowSet   map[string]bool
-	// feeding holds the steps other steps depend on: only their
-	// completions can queue tasks at once.
-	feeding map[stepKey]bool
 
 	// handlerCtx is the parent of every handler's context; it is cancelled
 	// when the shutdown stops waiting for handlers.
@@ -75,9 +72,6 @@ type session struct {
 	claiming atomic.Bool
 
 	turns atomic.Int64 // claims made, from the claim loop and the reporters
-	// backlog is set while the claim loop's last claim got every task it
-	// asked for.
-	backlog atomic.Bool
 	// The claim loop's last answer of next_visible_at (nil: nothing
 	// pending), when it asked and how long it trusts an answer; retried
 	// says that this worker has queued retries since, which the answer
@@ -135,7 +129,6 @@ func newSession(w *Worker) *session {
 		debug:       w.opts.Logger.Enabled(context.Background(), slog.LevelDebug),
 		regs:        w.regs,
 		flowSet:     map[string]bool{},
-		feeding:     map[stepKey]bool{},
 		inflight:    map[*inflight]struct{}{},
 		ended:       map[RunID]time.Time{},
 		claimPIDs:   map[uint32]int{},
@@ -167,13 +160,6 @@ func newSession(w *Worker) *session {
 		s.stepSlugs = append(s.stepSlugs, k.step)
 		s.withRun = append(s.withRun, w.regs[k].opts.RunInput)
 		s.flowSet[k.flow] = true
-	}
-	for _, f := range w.flows {
-		for _, st := range f.Steps {
-			for _, d := range st.Deps {
-				s.feeding[stepKey{f.Slug, d}] = true
-			}
-		}
 	}
 	for range w.opts.Reporters {
 		s.results = append(s.results, make(chan result, w.opts.Concurrency))
@@ -285,7 +271,6 @@ func (s *session) claimLoop(ctx context.Context) {
 			}
 			b.reset()
 			backlog = len(claimed) == n
-			s.backlog.Store(backlog)
 			if backlog {
 				continue
 			}

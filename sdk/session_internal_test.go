@@ -230,39 +230,3 @@ func TestClaimLoopWakeUps(t *testing.T) {
 		})
 	}
 }
-
-func TestReportsClaimUnlessTheyCannotHaveQueuedTasks(t *testing.T) {
-	leaf := result{task: &Task{Flow: "f", Step: "leaf"}}
-	feeder := result{task: &Task{Flow: "f", Step: "first"}}
-	tests := []struct {
-		name    string
-		results []result
-		backlog bool
-		claims  bool
-	}{
-		{"one result of a leaf step", []result{leaf}, false, false},
-		{"one result of a leaf step, with a backlog", []result{leaf}, true, true},
-		{"one result of a step others depend on", []result{feeder}, false, true},
-		{"several results of a leaf step", []result{leaf, leaf}, false, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s := &session{feeding: map[stepKey]bool{{"f", "first"}: true}}
-			s.backlog.Store(tt.backlog)
-			if got := s.claimsWithReport(tt.results); got != tt.claims {
-				t.Errorf("claims: %v, want %v", got, tt.claims)
-			}
-		})
-	}
-}
-
-func TestFeedingStepsComeFromTheFlowSpecs(t *testing.T) {
-	chain := FlowSpec{Slug: "f", Steps: []StepSpec{{Slug: "first"}, {Slug: "second", Deps: []string{"first"}}, {Slug: "third", Deps: []string{"second"}}}}
-	w := NewWorker(nil, WorkerOptions{})
-	w.Handle(chain, "third", HandlerOptions{}, func(context.Context, *Task) (any, error) { return nil, nil })
-	s := newSession(w)
-	want := map[stepKey]bool{{"f", "first"}: true, {"f", "second"}: true}
-	if len(s.feeding) != len(want) || !s.feeding[stepKey{"f", "first"}] || !s.feeding[stepKey{"f", "second"}] {
-		t.Errorf("feeding steps %v, want %v", s.feeding, want)
-	}
-}
