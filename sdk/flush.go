@@ -165,7 +165,7 @@ func (s *session) sendCompletions(ctx context.Context, rs []result) error {
 	// refused for its data: the completion is blamed for such an error
 	// only when it gets the error without the claim.
 	if n == 0 || (err != nil && isDataError(err)) {
-		applied, err = s.completeAlone(ctx, args)
+		err = s.w.pool.QueryRow(ctx, completeSQL, args...).Scan(&applied)
 	}
 	if err == nil && applied < len(rs) {
 		s.logger.Debug("pgflow: late results fenced out", "count", len(rs)-applied)
@@ -192,43 +192,14 @@ func (s *session) completeAndClaim(ctx context.Context, args []any, n int) (int,
 		claimed, err = scanClaimed(rows, n)
 		return err
 	})
-	conn, err := s.w.pool.Acquire(ctx)
-	if err != nil {
-		s.startClaimed(nil, n)
-		return 0, err
-	}
-	// The tasks this transaction queues are this claim's to take: the
-	// claim loop need not be woken by their notification (see notified).
-	// The marks are set while the connection is still held, so that the
-	// next user of the connection finds them.
-	pid := conn.Conn().PgConn().PID()
-	s.reportClaimStarted(pid)
-	err = conn.SendBatch(ctx, b).Close()
+	err := s.w.pool.SendBatch(ctx, b).Close()
 	if err != nil {
 		claimed = nil
 	}
-	full := len(claimed) == n
-	s.reportClaimEnded(pid, err == nil && !full)
-	conn.Release()
 	s.startClaimed(claimed, n)
-	if full {
+	if len(claimed) == n {
 		signal(s.wake) // more may be waiting
 	}
-	return applied, err
-}
-
-// completeAlone reports completions without a claim. The tasks they queue
-// are for the claim loop to find when their notification wakes it, so
-// whatever mark a report claim left on the connection is dropped first.
-func (s *session) completeAlone(ctx context.Context, args []any) (int, error) {
-	conn, err := s.w.pool.Acquire(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer conn.Release()
-	s.forgetReportClaim(conn.Conn().PgConn().PID())
-	var applied int
-	err = conn.QueryRow(ctx, completeSQL, args...).Scan(&applied)
 	return applied, err
 }
 

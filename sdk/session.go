@@ -55,18 +55,9 @@ type session struct {
 	// ended remembers, for a while, runs the worker heard have ended: a
 	// claim racing the end can still hand out one of their tasks.
 	ended    map[RunID]time.Time
-	running  int // occupied handler slots
-	reserved int // slots held for a claim in flight
-	// wakeOnReturn asks for the claim loop to be woken when the reserved
-	// slots are given back (see reserveForLoop).
-	wakeOnReturn bool
-	// The report claims and the notifications they make needless (see
-	// notified): claimPIDs counts, per server process, the report claims
-	// in flight there; claimedPIDs holds the server processes whose last
-	// report claim came back short, until a notification from them.
-	claimPIDs   map[uint32]int
-	claimedPIDs map[uint32]bool
-	drained     chan struct{} // signalled when no handler runs and no claim is in flight
+	running  int           // occupied handler slots
+	reserved int           // slots held for a claim in flight
+	drained  chan struct{} // signalled when no handler runs and no claim is in flight
 	// claiming is true while the claim loop runs; results are reported
 	// together with a claim only then.
 	claiming atomic.Bool
@@ -131,8 +122,6 @@ func newSession(w *Worker) *session {
 		flowSet:     map[string]bool{},
 		inflight:    map[*inflight]struct{}{},
 		ended:       map[RunID]time.Time{},
-		claimPIDs:   map[uint32]int{},
-		claimedPIDs: map[uint32]bool{},
 		drained:     make(chan struct{}, 1),
 		wake:        make(chan struct{}, 1),
 		freed:       make(chan struct{}, 1),
@@ -255,7 +244,7 @@ func (s *session) claimLoop(ctx context.Context) {
 			threshold = max(1, min(s.opts.MaxClaim, s.opts.Concurrency/4))
 		}
 		wait := s.opts.PollInterval
-		if n := s.reserveForLoop(threshold); n > 0 {
+		if n := s.reserve(threshold); n > 0 {
 			claimed, err := s.claim(ctx, n)
 			if err != nil {
 				claimed = nil // the tasks of a failed claim go back when their leases expire
@@ -317,30 +306,12 @@ type claimed struct {
 func (s *session) reserve(least int) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.reserveLocked(least)
-}
-
-func (s *session) reserveLocked(least int) int {
 	free := s.opts.Concurrency - s.running - s.reserved
 	if free < max(least, 1) {
 		return 0
 	}
 	n := min(free, s.opts.MaxClaim)
 	s.reserved += n
-	return n
-}
-
-// reserveForLoop is reserve for the claim loop. When the slots it wants
-// are held for a report's claim in flight, it gets none; that claim may
-// have looked at the queue before the tasks the loop was woken for were
-// queued, so the loop is woken again once the slots are given back.
-func (s *session) reserveForLoop(least int) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := s.reserveLocked(least)
-	if n == 0 && s.reserved > 0 {
-		s.wakeOnReturn = true
-	}
 	return n
 }
 
@@ -354,10 +325,6 @@ func (s *session) startClaimed(claimed []claimed, n int) {
 	s.reserved -= n
 	if s.running == 0 && s.reserved == 0 {
 		signal(s.drained)
-	}
-	if s.wakeOnReturn && s.reserved == 0 {
-		s.wakeOnReturn = false
-		signal(s.wake)
 	}
 	s.mu.Unlock()
 }
@@ -686,7 +653,7 @@ func (s *session) sweepLoop(ctx context.Context) {
 // notified handles a notification from the listener.
 func (s *session) notified(n *pgconn.Notification) {
 	if !isRunsNotification(n) {
-		if s.flowSet[n.Payload] && !s.seenByReportClaim(n.PID) {
+		if s.flowSet[n.Payload] {
 			signal(s.wake)
 		}
 		return
@@ -698,57 +665,6 @@ func (s *session) notified(n *pgconn.Notification) {
 	// Anyone who can connect can send a notification: believe the database,
 	// not the payload.
 	s.cancelRuns(s.endedAmong(s.bgCtx, p.RunIDs))
-}
-
-// seenByReportClaim reports whether tasks notified by server process pid
-// are known to a report claim of this worker, so that the claim loop need
-// not look for them: a report claim running there sees what that process
-// queued before it, and one that came back short has seen what its own
-// transaction queued (the first notification from there afterwards is
-// taken to be that transaction's). A report sent without a claim clears
-// the mark of its process first (see completeAlone); failures wake the
-// claim loop themselves.
-func (s *session) seenByReportClaim(pid uint32) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.claimPIDs[pid] > 0 {
-		return true
-	}
-	if s.claimedPIDs[pid] {
-		delete(s.claimedPIDs, pid)
-		return true
-	}
-	return false
-}
-
-// reportClaimStarted records a report claim in flight on server process pid.
-func (s *session) reportClaimStarted(pid uint32) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.claimPIDs[pid]++
-	delete(s.claimedPIDs, pid)
-}
-
-// reportClaimEnded records the end of a report claim on server process
-// pid; short says it committed and came back with fewer tasks than it
-// asked for (a full one wakes the claim loop anyway).
-func (s *session) reportClaimEnded(pid uint32, short bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.claimPIDs[pid]--; s.claimPIDs[pid] <= 0 {
-		delete(s.claimPIDs, pid)
-	}
-	if short {
-		s.claimedPIDs[pid] = true
-	}
-}
-
-// forgetReportClaim drops the mark a report claim left on server process
-// pid, whose next transaction claims nothing.
-func (s *session) forgetReportClaim(pid uint32) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.claimedPIDs, pid)
 }
 
 // endedMemory is how long the worker remembers that a run ended.

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgflow-go/pgflow/internal/testdb"
@@ -140,93 +139,5 @@ func TestNextVisibleIsAskedAgainOnlyWhenStale(t *testing.T) {
 		if asked := counter.count(nextVisibleSQL) > before; asked != step.asks {
 			t.Errorf("%s: asked the database %v, want %v", step.name, asked, step.asks)
 		}
-	}
-}
-
-func TestClaimLoopWakeUps(t *testing.T) {
-	const slots = 4
-	newTestSession := func() *session {
-		return &session{
-			opts:        WorkerOptions{Concurrency: slots, MaxClaim: slots},
-			wake:        make(chan struct{}, 1),
-			drained:     make(chan struct{}, 1),
-			flowSet:     map[string]bool{"f": true},
-			claimPIDs:   map[uint32]int{},
-			claimedPIDs: map[uint32]bool{},
-		}
-	}
-	woken := func(s *session) bool {
-		select {
-		case <-s.wake:
-			return true
-		default:
-			return false
-		}
-	}
-	queued := func(s *session, pid uint32) { // tasks of flow f queued by server process pid
-		s.notified(&pgconn.Notification{PID: pid, Channel: channelTasks, Payload: "f"})
-	}
-	tests := []struct {
-		name  string
-		steps func(t *testing.T, s *session) // ends with the event whose wake-up is checked
-		wake  bool
-	}{
-		{"tasks queued by another process", func(t *testing.T, s *session) { queued(s, 9) }, true},
-		{"tasks of a flow the worker does not handle", func(t *testing.T, s *session) {
-			s.notified(&pgconn.Notification{PID: 9, Channel: channelTasks, Payload: "other"})
-		}, false},
-		{"tasks queued where a report claim runs", func(t *testing.T, s *session) {
-			s.reportClaimStarted(7)
-			queued(s, 7)
-		}, false},
-		{"tasks queued by a report claim that came back short", func(t *testing.T, s *session) {
-			s.reportClaimStarted(7)
-			s.reportClaimEnded(7, true)
-			queued(s, 7)
-		}, false},
-		{"the notification after that one", func(t *testing.T, s *session) {
-			s.reportClaimStarted(7)
-			s.reportClaimEnded(7, true)
-			queued(s, 7)
-			queued(s, 7)
-		}, true},
-		{"tasks queued by a report claim that came back full or failed", func(t *testing.T, s *session) {
-			s.reportClaimStarted(7)
-			s.reportClaimEnded(7, false)
-			queued(s, 7)
-		}, true},
-		{"tasks queued by a report without a claim after a short one", func(t *testing.T, s *session) {
-			s.reportClaimStarted(7)
-			s.reportClaimEnded(7, true)
-			s.forgetReportClaim(7)
-			queued(s, 7)
-		}, true},
-		{"slots held by a report claim, given back", func(t *testing.T, s *session) {
-			n := s.reserve(1)
-			if got := s.reserveForLoop(1); got != 0 {
-				t.Fatalf("claim loop reserved %d slots while a report holds them all", got)
-			}
-			if woken(s) {
-				t.Fatal("woken before the report claim gave its slots back")
-			}
-			s.startClaimed(nil, n)
-		}, true},
-		{"slots busy with handlers, a claim's slots given back", func(t *testing.T, s *session) {
-			s.running = slots - 1
-			if got := s.reserveForLoop(2); got != 0 {
-				t.Fatalf("claim loop reserved %d slots with one free, asking for two", got)
-			}
-			n := s.reserve(1)
-			s.startClaimed(nil, n)
-		}, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s := newTestSession()
-			tt.steps(t, s)
-			if got := woken(s); got != tt.wake {
-				t.Errorf("claim loop woken: %v, want %v", got, tt.wake)
-			}
-		})
 	}
 }
