@@ -55,9 +55,12 @@ type session struct {
 	// ended remembers, for a while, runs the worker heard have ended: a
 	// claim racing the end can still hand out one of their tasks.
 	ended    map[RunID]time.Time
-	running  int           // occupied handler slots
-	reserved int           // slots held for a claim in flight
-	drained  chan struct{} // signalled when no handler runs and no claim is in flight
+	running  int // occupied handler slots
+	reserved int // slots held for a claim in flight
+	// wakeOnReturn asks for the claim loop to be woken when the reserved
+	// slots are given back (see reserveForLoop).
+	wakeOnReturn bool
+	drained      chan struct{} // signalled when no handler runs and no claim is in flight
 	// claiming is true while the claim loop runs; results are reported
 	// together with a claim only then.
 	claiming atomic.Bool
@@ -244,7 +247,7 @@ func (s *session) claimLoop(ctx context.Context) {
 			threshold = max(1, min(s.opts.MaxClaim, s.opts.Concurrency/4))
 		}
 		wait := s.opts.PollInterval
-		if n := s.reserve(threshold); n > 0 {
+		if n := s.reserveForLoop(threshold); n > 0 {
 			claimed, err := s.claim(ctx, n)
 			if err != nil {
 				claimed = nil // the tasks of a failed claim go back when their leases expire
@@ -306,12 +309,30 @@ type claimed struct {
 func (s *session) reserve(least int) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.reserveLocked(least)
+}
+
+func (s *session) reserveLocked(least int) int {
 	free := s.opts.Concurrency - s.running - s.reserved
 	if free < max(least, 1) {
 		return 0
 	}
 	n := min(free, s.opts.MaxClaim)
 	s.reserved += n
+	return n
+}
+
+// reserveForLoop is reserve for the claim loop. When slots it wants are
+// held for a report's claim in flight, it gets none; that claim may have
+// looked at the queue before the tasks the loop was woken for were queued,
+// so the loop is woken again once the slots are given back.
+func (s *session) reserveForLoop(least int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.reserveLocked(least)
+	if n == 0 && s.reserved > 0 {
+		s.wakeOnReturn = true
+	}
 	return n
 }
 
@@ -325,6 +346,10 @@ func (s *session) startClaimed(claimed []claimed, n int) {
 	s.reserved -= n
 	if s.running == 0 && s.reserved == 0 {
 		signal(s.drained)
+	}
+	if s.wakeOnReturn && s.reserved == 0 {
+		s.wakeOnReturn = false
+		signal(s.wake)
 	}
 	s.mu.Unlock()
 }
@@ -382,26 +407,32 @@ func cloneBytes(b []byte) []byte {
 
 // untilNextVisible asks when the next task of these steps becomes
 // claimable (a delayed retry or start, or an expiring lease), capped at the
-// poll interval. An answer younger than visibleReuse that still lies
-// ahead is used again instead of asking: a worker fed one task at a time
-// (a chain of steps, a trickle of runs) would otherwise ask after nearly
-// every claim. Other workers' retries are missed between two questions
-// either way; retries this worker queued make it ask again.
+// poll interval. An answer younger than visibleReuse that still lies ahead
+// is used again instead of asking: a worker fed one task at a time (a
+// chain of steps, a trickle of runs) would otherwise ask after nearly
+// every claim. A reused answer does not know of tasks delayed since it was
+// given (a start delay, another worker's retry), so the wait then ends
+// when the answer expires, and the loop asks again; retries this worker
+// queued make it ask at once.
 func (s *session) untilNextVisible(ctx context.Context) time.Duration {
 	now := time.Now()
-	fresh := now.Sub(s.visibleAsked) < s.visibleReuse && (s.visibleAt == nil || s.visibleAt.After(now))
-	if s.retried.Swap(false) || !fresh {
+	reuse := now.Sub(s.visibleAsked) < s.visibleReuse && (s.visibleAt == nil || s.visibleAt.After(now))
+	if s.retried.Swap(false) || !reuse {
 		var next *time.Time
 		if err := s.w.pool.QueryRow(ctx, nextVisibleSQL, s.flowSlugs, s.stepSlugs).Scan(&next); err != nil {
 			s.visibleAsked = time.Time{}
 			return s.opts.PollInterval
 		}
-		s.visibleAt, s.visibleAsked = next, now
+		s.visibleAt, s.visibleAsked, reuse = next, now, false
 	}
-	if s.visibleAt == nil {
-		return s.opts.PollInterval
+	wait := s.opts.PollInterval
+	if s.visibleAt != nil {
+		wait = min(max(time.Until(*s.visibleAt), time.Millisecond), wait)
 	}
-	return min(max(time.Until(*s.visibleAt), time.Millisecond), s.opts.PollInterval)
+	if reuse {
+		wait = min(wait, max(s.visibleAsked.Add(s.visibleReuse).Sub(now), time.Millisecond))
+	}
+	return wait
 }
 
 // start runs a claimed task's handler on a handler goroutine; the task of a

@@ -128,16 +128,51 @@ func TestNextVisibleIsAskedAgainOnlyWhenStale(t *testing.T) {
 		{"this worker queued retries", func() { s.retried.Store(true) }, true},
 		{"answer fresh again", func() {}, false},
 		{"answered moment has passed", func() { s.visibleAt = &past }, true},
+		{"answer about to expire", func() { s.visibleAsked = time.Now().Add(-s.visibleReuse + time.Second) }, false},
 		{"answer too old", func() { s.visibleReuse = 0 }, true},
 	}
 	for _, step := range steps {
 		step.before()
 		before := counter.count(nextVisibleSQL)
-		if wait := s.untilNextVisible(ctx); wait != time.Minute {
-			t.Errorf("%s: waits %v with nothing pending, want the poll interval", step.name, wait)
+		trusted := time.Until(s.visibleAsked.Add(s.visibleReuse)) // how long the last answer stays trusted
+		wait := s.untilNextVisible(ctx)
+		// Nothing is pending: a fresh answer waits the poll interval, a
+		// reused one no longer than the answer stays trusted.
+		if want := time.Minute; step.asks && wait != want || !step.asks && (wait <= 0 || wait > trusted) {
+			t.Errorf("%s: waits %v", step.name, wait)
 		}
 		if asked := counter.count(nextVisibleSQL) > before; asked != step.asks {
 			t.Errorf("%s: asked the database %v, want %v", step.name, asked, step.asks)
 		}
+	}
+}
+
+func TestClaimLoopIsWokenWhenAReportClaimGivesItsSlotsBack(t *testing.T) {
+	const slots = 4
+	tests := []struct {
+		name    string
+		running int // slots busy with handlers
+		least   int // slots the claim loop asks for
+		wake    bool
+	}{
+		{"every free slot held by a report claim", 0, 1, true},
+		{"slots busy with handlers, none held", slots, 1, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &session{opts: WorkerOptions{Concurrency: slots, MaxClaim: slots},
+				wake: make(chan struct{}, 1), drained: make(chan struct{}, 1), running: tt.running}
+			n := s.reserve(1) // a report claims for the free slots, if any
+			if got := s.reserveForLoop(tt.least); got != 0 {
+				t.Fatalf("claim loop reserved %d slots", got)
+			}
+			if len(s.wake) != 0 {
+				t.Fatal("woken before the report claim gave its slots back")
+			}
+			s.startClaimed(nil, n)
+			if woken := len(s.wake) == 1; woken != tt.wake {
+				t.Errorf("woken when the slots were given back: %v, want %v", woken, tt.wake)
+			}
+		})
 	}
 }

@@ -486,3 +486,39 @@ func TestSpoofedEndNotificationIsIgnored(t *testing.T) {
 		t.Fatalf("victim: %v, %v", out, err)
 	}
 }
+
+// A task delayed by its step's start delay is claimed when it becomes
+// visible, not at the next poll, also right after the worker learned that
+// nothing was pending (its claim loop reuses that answer for a while).
+func TestStartDelayAfterAnIdleAnswer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	quick := sdk.FlowSpec{Slug: "quick_then_delayed_a", Steps: []sdk.StepSpec{{Slug: "only"}}}
+	delayed := sdk.FlowSpec{Slug: "quick_then_delayed_b", Steps: []sdk.StepSpec{{Slug: "only", StartDelay: 200 * time.Millisecond}}}
+	if err := e.client.EnsureFlows(e.ctx, quick, delayed); err != nil {
+		t.Fatal(err)
+	}
+	const poll = time.Minute
+	e.startWorker(sdk.WorkerOptions{Concurrency: 4, PollInterval: poll}, func(w *sdk.Worker) {
+		for _, f := range []sdk.FlowSpec{quick, delayed} {
+			w.Handle(f, "only", sdk.HandlerOptions{}, func(context.Context, *sdk.Task) (any, error) { return 1, nil })
+		}
+	})
+	for i := range 3 {
+		id, err := e.client.StartFlow(e.ctx, quick.Slug, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.client.WaitRun(e.waitCtx(30*time.Second), id); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		id, err = e.client.StartFlow(e.ctx, delayed.Slug, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.client.WaitRun(e.waitCtx(poll/2), id); err != nil {
+			t.Fatalf("delayed run %d: %v (after %v)", i, err, time.Since(start))
+		}
+	}
+}
