@@ -1,6 +1,6 @@
 // Command pgflowbench measures pgflow end to end on a PostgreSQL server:
 //
-//	pgflowbench [-quick] [-scenarios runs,fanout,chain-latency,rss] [-concurrency 256] [-reporters 2]
+//	pgflowbench [-quick] [-scenarios runs,fanout,chain-latency,rss] [-concurrency 1000] [-reporters 2]
 //
 // Scenarios:
 //   - runs: N single-step runs (no-op handler) started in batches of 1,000 and
@@ -39,7 +39,7 @@ func run() int {
 	fs := flag.NewFlagSet("pgflowbench", flag.ContinueOnError)
 	quick := fs.Bool("quick", false, "small sizes: the whole benchmark in under a minute")
 	scenarios := fs.String("scenarios", "runs,fanout,chain-latency,rss", "comma-separated scenarios to run")
-	concurrency := fs.Int("concurrency", 256, "the worker's concurrency (handler slots)")
+	concurrency := fs.Int("concurrency", 1000, "the worker's concurrency (handler slots; River's tuned figure uses 1,000 workers)")
 	reporters := fs.Int("reporters", 0, "result batches the worker reports at once (0: the SDK's default)")
 	runs := fs.Int("runs", 20000, "single-step runs of the runs scenario")
 	widths := fs.String("widths", "1000,10000,100000", "fanout widths")
