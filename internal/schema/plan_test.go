@@ -293,3 +293,66 @@ func TestClaimAfterManyExpiredLeases(t *testing.T) {
 		t.Fatalf("run %s, want started", r.Status)
 	}
 }
+
+// TestFanoutOutputReadsOnlyItsStep: completing a fanout step gathers its
+// tasks' outputs, which must read that step's tasks only, not every task
+// of the run (a task key led by run_id and then task_index did that: a
+// 3-item fanout after a wide one read the wide one's index entries too).
+func TestFanoutOutputReadsOnlyItsStep(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("twofans", "", step{slug: "a"}, step{slug: "wide", deps: []string{"a"}, fanout: true},
+		step{slug: "b", deps: []string{"wide"}}, step{slug: "narrow", deps: []string{"b"}, fanout: true})
+	e.exec(`SELECT pgflow.start_flow('twofans', '{}')`)
+	completeAll := func(stepSlug, output string) {
+		t.Helper()
+		e.exec(`SELECT pgflow.complete_tasks(array_agg(run_id), array_agg(step_slug), array_agg(task_index), array_agg(attempt),
+		                                     array_agg(`+output+`))
+		        FROM pgflow.claim_tasks(gen_random_uuid(), '{twofans}', ARRAY[$1], 100000)`, stepSlug)
+	}
+	completeAll("a", `(SELECT jsonb_agg(i) FROM generate_series(1, 20000) i)`)
+	completeAll("wide", `'1'::jsonb`)
+	completeAll("b", `'[1, 2, 3]'::jsonb`)
+
+	conn, plans := explainingConn(t, e)
+	for _, s := range []string{"SET auto_explain.log_analyze = on", "SET auto_explain.log_buffers = on"} {
+		if _, err := conn.Exec(e.ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	narrow := claimOn(t, e.ctx, conn, 10, "twofans.narrow")
+	if len(narrow) != 3 {
+		t.Fatalf("claimed %d tasks of narrow, want 3", len(narrow))
+	}
+	var runIDs, steps []string
+	var indexes, attempts []int
+	for _, k := range narrow {
+		runIDs, steps = append(runIDs, k.RunID), append(steps, k.Step)
+		indexes, attempts = append(indexes, k.Index), append(attempts, k.Attempt)
+	}
+	if _, err := conn.Exec(e.ctx, `SELECT pgflow.complete_tasks($1::uuid[], $2, $3, $4, array_fill('1'::jsonb, ARRAY[3]))`,
+		runIDs, steps, indexes, attempts); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.run(narrow[0].RunID); r.Status != "completed" {
+		t.Fatalf("run %s, want completed", r.Status)
+	}
+	buffers := regexp.MustCompile(`Buffers: shared hit=(\d+)(?: read=(\d+))?`)
+	gathered := false
+	for _, p := range plans() {
+		if !strings.Contains(p, "json_agg(t.output") {
+			continue
+		}
+		gathered = true
+		for _, m := range buffers.FindAllStringSubmatch(p, -1) {
+			hit, _ := strconv.Atoi(m[1])
+			read, _ := strconv.Atoi(m[2])
+			if hit+read > 50 {
+				t.Errorf("gathering the 3 outputs of narrow read %d buffers:\n%s", hit+read, p)
+			}
+		}
+	}
+	if !gathered {
+		t.Fatal("no plan gathered the outputs of narrow")
+	}
+}
