@@ -1083,13 +1083,15 @@ BEGIN
              LIMIT claim_tasks.max_tasks
              FOR UPDATE OF t SKIP LOCKED) x
            LIMIT claim_tasks.max_tasks),
+         -- (Each step's number is looked up by a sub-select: joined to the
+         -- steps, a small table's statistics can plan a scan of them all.)
          EXISTS (
            SELECT 1
            FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS u(flow_slug, step_slug)
-           JOIN pgflow.steps s ON s.flow_slug = u.flow_slug AND s.step_slug = u.step_slug
            CROSS JOIN LATERAL (
              SELECT 1 FROM pgflow.step_tasks t
-             WHERE t.step_id = s.step_id
+             WHERE t.step_id = (SELECT s.step_id FROM pgflow.steps s
+                                WHERE s.flow_slug = u.flow_slug AND s.step_slug = u.step_slug)
                AND t.status = 'started' AND t.visible_at <= now()
              LIMIT 1) x)
   INTO v_queued, v_any_expired;
@@ -1513,9 +1515,11 @@ CREATE FUNCTION pgflow.next_visible_at(flow_slugs text[], step_slugs text[]) RET
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
   RETURN (
+    WITH w AS MATERIALIZED (  -- each step's number, looked up once
+      SELECT (SELECT s.step_id FROM pgflow.steps s WHERE s.flow_slug = u.flow_slug AND s.step_slug = u.step_slug) AS step_id
+      FROM unnest(next_visible_at.flow_slugs, next_visible_at.step_slugs) AS u(flow_slug, step_slug))
     SELECT min(least(q.visible_at, l.visible_at))
-    FROM unnest(next_visible_at.flow_slugs, next_visible_at.step_slugs) AS u(flow_slug, step_slug)
-    JOIN pgflow.steps w ON w.flow_slug = u.flow_slug AND w.step_slug = u.step_slug
+    FROM w
     LEFT JOIN LATERAL (
       SELECT t.visible_at FROM pgflow.step_tasks t
       WHERE t.step_id = w.step_id AND t.status = 'queued'
