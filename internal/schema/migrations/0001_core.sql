@@ -182,8 +182,8 @@ CREATE TABLE pgflow.step_tasks (
 ) WITH (fillfactor = 70);
 -- The queue indexes are keyed by the step's number rather than its slugs:
 -- every task enters both (queued when created, leased when claimed), and
--- fixed-width keys are compared faster than two text columns (about a
--- fifth less backend CPU per claim of 100 tasks).
+-- fixed-width keys are compared faster than two text columns (claims of
+-- 100 tasks: about 6% less backend CPU, a fifth less for the bare update).
 CREATE INDEX step_tasks_queued_idx ON pgflow.step_tasks (step_id, visible_at)
   WHERE status = 'queued';
 CREATE INDEX step_tasks_leased_idx ON pgflow.step_tasks (step_id, visible_at)
@@ -983,8 +983,7 @@ BEGIN
         JOIN pgflow.step_options so ON so.flow_slug = x.flow_slug AND so.step_slug = x.step_slug
         WHERE x.run_id = ANY (v_runs) AND x.status = 'started' AND x.visible_at <= now()
           AND x.failures + 1 >= so.max_attempts
-          AND x.step_id IN (SELECT s.step_id FROM unnest(p_flow_slugs, p_step_slugs) AS u(flow_slug, step_slug)
-                            JOIN pgflow.steps s ON s.flow_slug = u.flow_slug AND s.step_slug = u.step_slug)
+          AND x.step_id IN (SELECT w.step_id FROM pgflow._step_ids(p_flow_slugs, p_step_slugs) w)
         FOR UPDATE OF x SKIP LOCKED))
       RETURNING t.run_id, t.step_slug, t.task_index, t.error_message
     )
@@ -996,6 +995,18 @@ BEGIN
   END LOOP;
   RETURN v_n;
 END $$;
+
+-- _step_ids returns the number of each given step (flow_slugs[i],
+-- step_slugs[i]); NULL for a step that is not defined. Each is looked up by
+-- a sub-select: joined to the steps, a small table's statistics can plan a
+-- scan of them all.
+CREATE FUNCTION pgflow._step_ids(p_flow_slugs text[], p_step_slugs text[])
+RETURNS TABLE (step_id int)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT (SELECT s.step_id FROM pgflow.steps s WHERE s.flow_slug = u.flow_slug AND s.step_slug = u.step_slug)
+  FROM unnest(p_flow_slugs, p_step_slugs) AS u(flow_slug, step_slug);
+END;
 
 -- _steps_in_turn returns the distinct steps of a claim with their ids
 -- (NULL for a step that is not defined), starting from a different one for
@@ -1083,15 +1094,12 @@ BEGIN
              LIMIT claim_tasks.max_tasks
              FOR UPDATE OF t SKIP LOCKED) x
            LIMIT claim_tasks.max_tasks),
-         -- (Each step's number is looked up by a sub-select: joined to the
-         -- steps, a small table's statistics can plan a scan of them all.)
          EXISTS (
            SELECT 1
-           FROM unnest(claim_tasks.flow_slugs, claim_tasks.step_slugs) AS u(flow_slug, step_slug)
+           FROM pgflow._step_ids(claim_tasks.flow_slugs, claim_tasks.step_slugs) w
            CROSS JOIN LATERAL (
              SELECT 1 FROM pgflow.step_tasks t
-             WHERE t.step_id = (SELECT s.step_id FROM pgflow.steps s
-                                WHERE s.flow_slug = u.flow_slug AND s.step_slug = u.step_slug)
+             WHERE t.step_id = w.step_id
                AND t.status = 'started' AND t.visible_at <= now()
              LIMIT 1) x)
   INTO v_queued, v_any_expired;
@@ -1516,8 +1524,7 @@ LANGUAGE plpgsql STABLE AS $$
 BEGIN
   RETURN (
     WITH w AS MATERIALIZED (  -- each step's number, looked up once
-      SELECT (SELECT s.step_id FROM pgflow.steps s WHERE s.flow_slug = u.flow_slug AND s.step_slug = u.step_slug) AS step_id
-      FROM unnest(next_visible_at.flow_slugs, next_visible_at.step_slugs) AS u(flow_slug, step_slug))
+      SELECT * FROM pgflow._step_ids(next_visible_at.flow_slugs, next_visible_at.step_slugs))
     SELECT min(least(q.visible_at, l.visible_at))
     FROM w
     LEFT JOIN LATERAL (
