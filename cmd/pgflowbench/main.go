@@ -45,13 +45,14 @@ func run() int {
 	widths := fs.String("widths", "1000,10000,100000", "fanout widths")
 	chains := fs.Int("chains", 200, "chains of the chain-latency scenario")
 	rssWidth := fs.Int("rss-width", 100000, "fanout width of the rss scenario")
+	cpuProfile := fs.String("worker-cpuprofile", "", "write the worker process's CPU profile to this file (the last worker's, when a scenario starts several)")
 	workerMode := fs.Bool("worker", false, "run as the benchmark's worker process (internal)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
 	url := os.Getenv("DATABASE_URL")
 	if *workerMode {
-		if err := bench.RunWorker(url, bench.WorkerConfig{Concurrency: *concurrency, Reporters: *reporters}); err != nil {
+		if err := bench.RunWorker(url, bench.WorkerConfig{Concurrency: *concurrency, Reporters: *reporters, CPUProfile: *cpuProfile}); err != nil {
 			fmt.Fprintln(os.Stderr, "pgflowbench worker:", err)
 			return 1
 		}
@@ -96,12 +97,12 @@ func run() int {
 		Widths:      ws,
 		Chains:      *chains,
 		RSSWidth:    *rssWidth,
-		Worker:      bench.WorkerConfig{Concurrency: *concurrency, Reporters: *reporters},
+		Worker:      bench.WorkerConfig{Concurrency: *concurrency, Reporters: *reporters, CPUProfile: *cpuProfile},
 		Log:         os.Stderr,
 		DataDir:     dataDir,
 		WorkerCommand: func(databaseURL string, wc bench.WorkerConfig) *exec.Cmd {
 			cmd := exec.Command(self, "-worker", "-concurrency", strconv.Itoa(wc.Concurrency),
-				"-reporters", strconv.Itoa(wc.Reporters))
+				"-reporters", strconv.Itoa(wc.Reporters), "-worker-cpuprofile", wc.CPUProfile)
 			cmd.Env = append(os.Environ(), "DATABASE_URL="+databaseURL)
 			return cmd
 		},

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -15,6 +16,9 @@ import (
 type WorkerConfig struct {
 	Concurrency int // handler slots (sdk.WorkerOptions.Concurrency)
 	Reporters   int // result batches reported at once (sdk.WorkerOptions.Reporters; 0: the default)
+	// CPUProfile, when set, is the file the worker process writes its CPU
+	// profile to (each worker process started overwrites it).
+	CPUProfile string
 }
 
 // RunWorker runs a worker for the benchmark flows until its standard input
@@ -42,5 +46,16 @@ func RunWorker(databaseURL string, wc WorkerConfig) error {
 		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	Register(w)
+	if wc.CPUProfile != "" {
+		f, err := os.Create(wc.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	return w.Run(ctx)
 }
