@@ -137,6 +137,7 @@ CREATE TABLE pgflow.step_states (
   run_id          uuid NOT NULL,
   step_slug       text NOT NULL,
   flow_slug       text NOT NULL,
+  step_id         int NOT NULL,  -- the step's steps.step_id: its tasks' key
   status          text NOT NULL,  -- created, started, completed, failed, cancelled
   remaining_deps  int NOT NULL,
   total_tasks     int,  -- set when the step starts
@@ -178,7 +179,11 @@ CREATE TABLE pgflow.step_tasks (
   queued_at     timestamptz NOT NULL DEFAULT now(),
   started_at    timestamptz,
   ended_at      timestamptz,
-  PRIMARY KEY (run_id, step_slug, task_index)
+  -- Keyed by the step's number rather than its slug: every task enters the
+  -- key once when created and again with each claim and completion, and
+  -- comparisons end on integers. Lookups by slug go through the step
+  -- state, once per step of a batch rather than once per task.
+  PRIMARY KEY (run_id, step_id, task_index)
 ) WITH (fillfactor = 70);
 -- The queue indexes are keyed by the step's number rather than its slugs:
 -- every task enters both (queued when created, leased when claimed), and
@@ -759,8 +764,8 @@ BEGIN
     FROM ids CROSS JOIN pgflow.steps s
     WHERE s.flow_slug = start_flows.flow_slug
   ), new_states AS (
-    INSERT INTO pgflow.step_states (run_id, step_slug, flow_slug, status, remaining_deps, total_tasks, remaining_tasks, started_at)
-    SELECT states.run_id, states.step_slug, start_flows.flow_slug,
+    INSERT INTO pgflow.step_states (run_id, step_slug, flow_slug, step_id, status, remaining_deps, total_tasks, remaining_tasks, started_at)
+    SELECT states.run_id, states.step_slug, start_flows.flow_slug, states.step_id,
            CASE WHEN states.n > 0 THEN 'started' ELSE 'created' END, states.deps_count,
            CASE WHEN states.n > 0 THEN states.n END, CASE WHEN states.n > 0 THEN states.n END,
            CASE WHEN states.n > 0 THEN now() END
@@ -844,8 +849,10 @@ BEGIN
   FROM unnest(run_ids, step_slugs, task_indexes, attempts, coalesce(permanent, '{}'))
        AS f(run_id, step_slug, task_index, attempt, permanent)
   CROSS JOIN LATERAL (
-    SELECT x.flow_slug, x.failures FROM pgflow.step_tasks x
-    WHERE x.run_id = f.run_id AND x.step_slug = f.step_slug AND x.task_index = f.task_index
+    SELECT x.flow_slug, x.failures
+    FROM pgflow.step_states ss
+    JOIN pgflow.step_tasks x ON x.run_id = ss.run_id AND x.step_id = ss.step_id AND x.task_index = f.task_index
+    WHERE ss.run_id = f.run_id AND ss.step_slug = f.step_slug
       AND x.attempt = f.attempt AND (x.status = 'started') IS TRUE) t
   JOIN pgflow.step_options so ON so.flow_slug = t.flow_slug AND so.step_slug = f.step_slug
   WHERE coalesce(f.permanent, false) OR t.failures + 1 >= so.max_attempts;
@@ -868,8 +875,9 @@ BEGIN
 
   -- Fail the final attempts, requeue the others after their backoff; a task
   -- whose run has ended meanwhile is cancelled instead.
-  WITH f AS (
-    SELECT f.*, (k.task_index IS NOT NULL) AS final
+  WITH f AS MATERIALIZED (
+    SELECT f.*, (k.task_index IS NOT NULL) AS final,
+           (SELECT ss.step_id FROM pgflow.step_states ss WHERE ss.run_id = f.run_id AND ss.step_slug = f.step_slug) AS step_id
     FROM unnest(run_ids, step_slugs, task_indexes, attempts, error_messages)
          AS f(run_id, step_slug, task_index, attempt, message)
     LEFT JOIN unnest(v_final_runs, v_final_steps, v_final_idx) AS k(run_id, step_slug, task_index)
@@ -889,7 +897,7 @@ BEGIN
           LEFT JOIN pgflow.runs r ON r.run_id = t.run_id
           LEFT JOIN pgflow.step_options so ON so.flow_slug = t.flow_slug AND so.step_slug = t.step_slug)
     FROM f
-    WHERE t.run_id = f.run_id AND t.step_slug = f.step_slug AND t.task_index = f.task_index
+    WHERE t.run_id = f.run_id AND t.step_id = f.step_id AND t.task_index = f.task_index
       AND t.attempt = f.attempt AND (t.status = 'started') IS TRUE
     RETURNING t.run_id, t.step_slug, t.task_index, t.status, t.error_message, t.flow_slug
   )
@@ -933,8 +941,10 @@ BEGIN
                        ARRAY[fail_task.attempt], ARRAY[fail_task.error_message], ARRAY[fail_task.permanent]) = 0 THEN
     RETURN NULL;
   END IF;
-  RETURN (SELECT t.status FROM pgflow.step_tasks t
-          WHERE t.run_id = fail_task.run_id AND t.step_slug = fail_task.step_slug AND t.task_index = fail_task.task_index);
+  RETURN (SELECT t.status
+          FROM pgflow.step_states ss
+          JOIN pgflow.step_tasks t ON t.run_id = ss.run_id AND t.step_id = ss.step_id AND t.task_index = fail_task.task_index
+          WHERE ss.run_id = fail_task.run_id AND ss.step_slug = fail_task.step_slug);
 END $$;
 
 -- _reap_expired fails the tasks of the given steps whose last allowed attempt
@@ -1215,11 +1225,18 @@ BEGIN
   ), steps AS MATERIALIZED (
     -- The batch's steps, the status of their runs and whether the guard
     -- holds for them, looked up once per step rather than once per task.
-    SELECT k.run_id, k.step_slug, ss.run_id IS NOT NULL AS has_state,
+    SELECT k.run_id, k.step_slug, ss.step_id, ss.run_id IS NOT NULL AS has_state,
            NOT p_guarded OR coalesce(ss.status = 'started' AND ss.remaining_tasks > k.n, false) AS ok,
            (SELECT r.status FROM pgflow.runs r WHERE r.run_id = k.run_id) AS run_status
     FROM (SELECT c.run_id, c.step_slug, count(*)::int AS n FROM c GROUP BY c.run_id, c.step_slug) k
     LEFT JOIN pgflow.step_states ss ON ss.run_id = k.run_id AND ss.step_slug = k.step_slug
+  ), keyed AS MATERIALIZED (
+    -- Each task's key with its step's number, in one relation: with the
+    -- number from the steps and the index from the batch, the planner
+    -- may look the tasks up by (run, step) alone and filter the rest.
+    SELECT c.run_id, k.step_id, c.task_index, c.attempt, c.output, k.run_status
+    FROM c JOIN steps k ON k.run_id = c.run_id AND k.step_slug = c.step_slug
+    WHERE NOT EXISTS (SELECT 1 FROM steps WHERE NOT steps.ok) AND k.has_state
   ), done AS (
     -- A task keeps its output for the aggregate. A task whose run has
     -- ended (a race with a cancel) is cancelled instead; one whose step
@@ -1227,12 +1244,10 @@ BEGIN
     UPDATE pgflow.step_tasks t
     SET status = CASE WHEN k.run_status = 'started' THEN 'completed' ELSE 'cancelled' END,
         ended_at = now(),
-        output = CASE WHEN k.run_status = 'started' THEN coalesce(c.output, 'null'::jsonb) END
-    FROM c, steps k
-    WHERE NOT EXISTS (SELECT 1 FROM steps WHERE NOT steps.ok) AND k.has_state
-      AND t.run_id = c.run_id AND t.step_slug = c.step_slug AND t.task_index = c.task_index
-      AND t.attempt = c.attempt AND (t.status = 'started') IS TRUE
-      AND k.run_id = c.run_id AND k.step_slug = c.step_slug
+        output = CASE WHEN k.run_status = 'started' THEN coalesce(k.output, 'null'::jsonb) END
+    FROM keyed k
+    WHERE t.run_id = k.run_id AND t.step_id = k.step_id AND t.task_index = k.task_index
+      AND t.attempt = k.attempt AND (t.status = 'started') IS TRUE
     RETURNING t.run_id, t.step_slug, t.status
   ), counted AS (
     SELECT done.run_id, done.step_slug, count(*)::int AS n
@@ -1350,7 +1365,7 @@ BEGIN
              AS c(run_id, step_slug, task_index, attempt, output, ord)
   ), k AS MATERIALIZED (
     -- Each first task's step type and flow, and its run's status.
-    SELECT c.run_id, c.step_slug, c.task_index, c.attempt, c.output, c.ord, ss.flow_slug,
+    SELECT c.run_id, c.step_slug, c.task_index, c.attempt, c.output, c.ord, ss.flow_slug, ss.step_id,
            (SELECT s.step_type FROM pgflow.steps s WHERE s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug) AS step_type,
            (SELECT r.status FROM pgflow.runs r WHERE r.run_id = c.run_id) AS run_status
     FROM c
@@ -1363,7 +1378,7 @@ BEGIN
         ended_at = now()
     FROM k
     WHERE k.step_type = 'single'
-      AND t.run_id = k.run_id AND t.step_slug = k.step_slug AND t.task_index = k.task_index
+      AND t.run_id = k.run_id AND t.step_id = k.step_id AND t.task_index = k.task_index
       AND t.attempt = k.attempt AND (t.status = 'started') IS TRUE
     RETURNING t.run_id, t.step_slug, t.flow_slug, t.status, coalesce(k.output, 'null'::jsonb)::json AS output
   ), completed AS (
@@ -1462,7 +1477,7 @@ BEGIN
       SET status = 'completed', ended_at = now(),
           output = (SELECT coalesce(json_agg(t.output ORDER BY t.task_index), '[]')
                     FROM pgflow.step_tasks t
-                    WHERE t.run_id = ss.run_id AND t.step_slug = ss.step_slug)
+                    WHERE t.run_id = ss.run_id AND t.step_id = ss.step_id)
       FROM unnest(v_done_runs, v_done_steps) AS d(run_id, step_slug)
       WHERE ss.run_id = d.run_id AND ss.step_slug = d.step_slug;
     END IF;
@@ -1498,15 +1513,16 @@ BEGIN
   ORDER BY ss.run_id, ss.step_slug
   FOR UPDATE OF ss;
 
-  WITH r AS (
-    SELECT * FROM unnest(run_ids, step_slugs, task_indexes, attempts) AS r(run_id, step_slug, task_index, attempt)
+  WITH r AS MATERIALIZED (
+    SELECT r.*, (SELECT ss.step_id FROM pgflow.step_states ss WHERE ss.run_id = r.run_id AND ss.step_slug = r.step_slug) AS step_id
+    FROM unnest(run_ids, step_slugs, task_indexes, attempts) AS r(run_id, step_slug, task_index, attempt)
   ), released AS (
     UPDATE pgflow.step_tasks t
     SET status = CASE WHEN (SELECT run.status FROM pgflow.runs run WHERE run.run_id = t.run_id) = 'started'
                       THEN 'queued' ELSE 'cancelled' END,
         visible_at = now(), worker_id = NULL
     FROM r
-    WHERE t.run_id = r.run_id AND t.step_slug = r.step_slug AND t.task_index = r.task_index
+    WHERE t.run_id = r.run_id AND t.step_id = r.step_id AND t.task_index = r.task_index
       AND t.attempt = r.attempt AND (t.status = 'started') IS TRUE
     RETURNING t.flow_slug, t.status
   )
