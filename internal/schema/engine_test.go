@@ -682,6 +682,33 @@ func TestCompletionWithoutStepState(t *testing.T) {
 	}
 }
 
+// TestFailAndReleaseWithoutStepState: failures and releases of tasks whose
+// step state was deleted by hand still reach the tasks (they find a task's
+// step by its definition, not by its state).
+func TestFailAndReleaseWithoutStepState(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("stateless", "max_attempts => 3", step{slug: "each", fanout: true})
+	run := e.start("stateless", `[1, 2]`)
+	tasks := e.claim(10, "stateless.each")
+	if len(tasks) != 2 {
+		t.Fatalf("claimed %d tasks, want 2", len(tasks))
+	}
+	e.exec("DELETE FROM pgflow.step_states WHERE run_id = $1::uuid", run)
+
+	if got := e.fail(tasks[0], "boom", false); got != "queued" {
+		t.Fatalf("failing a task without step state: %q, want queued", got)
+	}
+	k := tasks[1]
+	if n := scalar[int](e, "SELECT pgflow.release_tasks(ARRAY[$1::uuid], ARRAY[$2], ARRAY[$3::int], ARRAY[$4::int])",
+		k.RunID, k.Step, k.Index, k.Attempt); n != 1 {
+		t.Fatalf("released %d tasks, want 1", n)
+	}
+	if got := scalar[int](e, "SELECT count(*)::int FROM pgflow.step_tasks WHERE run_id = $1::uuid AND status = 'queued'", run); got != 2 {
+		t.Fatalf("%d tasks queued, want 2", got)
+	}
+}
+
 // TestReportsForUnknownTasks: complete and fail calls for tasks that do not
 // exist change nothing and raise nothing.
 func TestReportsForUnknownTasks(t *testing.T) {

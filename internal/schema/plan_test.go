@@ -2,6 +2,7 @@ package schema_test
 
 import (
 	"context"
+	"fmt"
 	"regexp"
 	"slices"
 	"strconv"
@@ -242,7 +243,7 @@ func TestReportsReachOnlyTheirRows(t *testing.T) {
 	exec(`SELECT pgflow.next_visible_at('{fanned,reported}', '{sum,b}')`)
 	exec(`SELECT pgflow.get_run($1::uuid)`, runs[1])
 
-	removed := regexp.MustCompile(`Rows Removed by Filter: (\d+)`)
+	removed := regexp.MustCompile(`Rows Removed by (?:Join )?Filter: (\d+)`)
 	for _, p := range plans() {
 		for _, m := range removed.FindAllStringSubmatch(p, -1) {
 			if n, _ := strconv.Atoi(m[1]); n >= 100 {
@@ -354,5 +355,82 @@ func TestFanoutOutputReadsOnlyItsStep(t *testing.T) {
 	}
 	if !gathered {
 		t.Fatal("no plan gathered the outputs of narrow")
+	}
+}
+
+// TestFailureLookupReadsOnlyItsTasks: fail_tasks looks up whether each
+// failure is final before taking locks. It must reach each task by its
+// whole key (run, step number, task index), with or without statistics: a
+// step number joined in from another relation once let the planner look
+// tasks up by part of the key, reading a whole run or step per failure.
+func TestFailureLookupReadsOnlyItsTasks(t *testing.T) {
+	for _, analyzed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("analyzed=%v", analyzed), func(t *testing.T) {
+			t.Parallel()
+			const n = 5000
+			e := newEngine(t)
+			e.flow("bystanders", "", step{slug: "a"})
+			e.exec(`SELECT pgflow.start_flows('bystanders', array_fill('{}'::jsonb, ARRAY[300]))`)
+			e.flow("wide", "max_attempts => 3", step{slug: "each", fanout: true})
+			items := `[` + strings.TrimSuffix(strings.Repeat(`1,`, n), ",") + `]`
+			batchRun := e.start("wide", items)
+			oneRun := e.start("wide", items)
+			tasks := e.claim(2*n, "wide.each")
+			if len(tasks) != 2*n {
+				t.Fatalf("claimed %d", len(tasks))
+			}
+			if analyzed {
+				e.exec(`VACUUM ANALYZE pgflow.step_tasks`)
+				e.exec(`VACUUM ANALYZE pgflow.step_states`)
+			}
+			conn, plans := explainingConn(t, e)
+			for _, s := range []string{"SET auto_explain.log_analyze = on", "SET auto_explain.log_buffers = on"} {
+				if _, err := conn.Exec(e.ctx, s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var runIDs, steps []string
+			var indexes, attempts []int
+			var last task
+			for _, k := range tasks {
+				if k.RunID == batchRun {
+					runIDs, steps = append(runIDs, k.RunID), append(steps, k.Step)
+					indexes, attempts = append(indexes, k.Index), append(attempts, k.Attempt)
+				} else if k.RunID == oneRun && k.Index == n-1 {
+					last = k
+				}
+			}
+			var applied int
+			if err := conn.QueryRow(e.ctx, `SELECT pgflow.fail_tasks($1::uuid[], $2, $3, $4, array_fill('boom'::text, ARRAY[$5::int]))`,
+				runIDs, steps, indexes, attempts, n).Scan(&applied); err != nil || applied != n {
+				t.Fatalf("fail_tasks applied %d, %v", applied, err)
+			}
+			var status string
+			if err := conn.QueryRow(e.ctx, `SELECT pgflow.fail_task($1::uuid, $2, $3, $4, 'boom')`,
+				last.RunID, last.Step, last.Index, last.Attempt).Scan(&status); err != nil || status != "queued" {
+				t.Fatalf("fail_task: %q, %v", status, err)
+			}
+			top := regexp.MustCompile(`Buffers: shared hit=(\d+)(?: read=(\d+))?`)
+			seen := 0
+			for _, p := range plans() {
+				if !strings.Contains(p, "SELECT x.flow_slug, x.failures") {
+					continue
+				}
+				m := top.FindStringSubmatch(p) // the statement's total
+				hit, _ := strconv.Atoi(m[1])
+				read, _ := strconv.Atoi(m[2])
+				limit := 100 // one task
+				if seen == 0 {
+					limit = 15 * n // n tasks, a few buffers each
+				}
+				if hit+read > limit {
+					t.Errorf("failure lookup #%d read %d buffers (limit %d):\n%s", seen+1, hit+read, limit, p)
+				}
+				seen++
+			}
+			if seen != 2 {
+				t.Fatalf("saw %d failure lookups, want 2", seen)
+			}
+		})
 	}
 }

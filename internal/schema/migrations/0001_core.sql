@@ -74,7 +74,8 @@ CREATE TABLE pgflow.steps (
   opt_timeout      interval CHECK (opt_timeout > interval '0'),
   opt_start_delay  interval CHECK (opt_start_delay >= interval '0'),
   created_at       timestamptz NOT NULL DEFAULT now(),
-  -- The step's number in the queue indexes of step_tasks (see there).
+  -- The step's number in the task key and the queue indexes of step_tasks
+  -- (see there).
   step_id          int GENERATED ALWAYS AS IDENTITY UNIQUE,
   PRIMARY KEY (flow_slug, step_slug),
   UNIQUE (flow_slug, step_index),
@@ -137,7 +138,6 @@ CREATE TABLE pgflow.step_states (
   run_id          uuid NOT NULL,
   step_slug       text NOT NULL,
   flow_slug       text NOT NULL,
-  step_id         int NOT NULL,  -- the step's steps.step_id: its tasks' key
   status          text NOT NULL,  -- created, started, completed, failed, cancelled
   remaining_deps  int NOT NULL,
   total_tasks     int,  -- set when the step starts
@@ -181,8 +181,11 @@ CREATE TABLE pgflow.step_tasks (
   ended_at      timestamptz,
   -- Keyed by the step's number rather than its slug: every task enters the
   -- key once when created and again with each claim and completion, and
-  -- comparisons end on integers. Lookups by slug go through the step
-  -- state, once per step of a batch rather than once per task.
+  -- comparisons end on integers. Reports name steps by slug; the number is
+  -- looked up in steps, once per step of a batch of fanout tasks, and the
+  -- task is then reached with its whole key from one relation (with the
+  -- number from one and the index from another, the planner may look
+  -- tasks up by part of the key and filter the rest).
   PRIMARY KEY (run_id, step_id, task_index)
 ) WITH (fillfactor = 70);
 -- The queue indexes are keyed by the step's number rather than its slugs:
@@ -764,8 +767,8 @@ BEGIN
     FROM ids CROSS JOIN pgflow.steps s
     WHERE s.flow_slug = start_flows.flow_slug
   ), new_states AS (
-    INSERT INTO pgflow.step_states (run_id, step_slug, flow_slug, step_id, status, remaining_deps, total_tasks, remaining_tasks, started_at)
-    SELECT states.run_id, states.step_slug, start_flows.flow_slug, states.step_id,
+    INSERT INTO pgflow.step_states (run_id, step_slug, flow_slug, status, remaining_deps, total_tasks, remaining_tasks, started_at)
+    SELECT states.run_id, states.step_slug, start_flows.flow_slug,
            CASE WHEN states.n > 0 THEN 'started' ELSE 'created' END, states.deps_count,
            CASE WHEN states.n > 0 THEN states.n END, CASE WHEN states.n > 0 THEN states.n END,
            CASE WHEN states.n > 0 THEN now() END
@@ -805,6 +808,20 @@ RETURN (pgflow.start_flows(flow_slug, ARRAY[coalesce(input, 'null'::jsonb)],
 -- Working on tasks
 ------------------------------------------------------------------------------
 
+-- _task_step_ids returns the number of the step of each task named by its
+-- run and step slug (run_ids[i], step_slugs[i]), for looking the tasks up by
+-- their key; NULL where the run or step is unknown. The number comes from
+-- the step's definition, as when the task was created.
+CREATE FUNCTION pgflow._task_step_ids(p_run_ids uuid[], p_step_slugs text[]) RETURNS int[]
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+  SELECT ARRAY(
+    SELECT (SELECT s.step_id FROM pgflow.runs r JOIN pgflow.steps s ON s.flow_slug = r.flow_slug
+            WHERE r.run_id = u.run_id AND s.step_slug = u.step_slug)
+    FROM unnest(p_run_ids, p_step_slugs) WITH ORDINALITY AS u(run_id, step_slug, ord)
+    ORDER BY u.ord);
+END;
+
 -- fail_tasks records failed attempts (fenced: a result for any attempt but a
 -- task's latest started one changes nothing). An attempt with retries left
 -- requeues its task after base_delay * 2^(n-1); a permanent error or the last
@@ -829,6 +846,7 @@ DECLARE
   v_applied      int;
   v_flows        text[];
   v_row          record;
+  v_step_ids     int[];
 BEGIN
   IF coalesce(cardinality(run_ids), 0) = 0 THEN
     RETURN 0;
@@ -840,19 +858,18 @@ BEGIN
      OR (permanent IS NOT NULL AND cardinality(permanent) <> cardinality(run_ids)) THEN
     RAISE EXCEPTION 'fail_tasks: argument arrays differ in length' USING ERRCODE = 'PF005';
   END IF;
+  v_step_ids := pgflow._task_step_ids(run_ids, step_slugs);
 
   -- Which failures end their task for good is known before taking any lock:
   -- a permanent error, or the last allowed attempt. (If the task moves on
   -- meanwhile, this attempt is stale and fenced out below.)
   SELECT array_agg(f.run_id), array_agg(f.step_slug), array_agg(f.task_index)
   INTO v_final_runs, v_final_steps, v_final_idx
-  FROM unnest(run_ids, step_slugs, task_indexes, attempts, coalesce(permanent, '{}'))
-       AS f(run_id, step_slug, task_index, attempt, permanent)
+  FROM unnest(run_ids, step_slugs, v_step_ids, task_indexes, attempts, coalesce(permanent, '{}'))
+       AS f(run_id, step_slug, step_id, task_index, attempt, permanent)
   CROSS JOIN LATERAL (
-    SELECT x.flow_slug, x.failures
-    FROM pgflow.step_states ss
-    JOIN pgflow.step_tasks x ON x.run_id = ss.run_id AND x.step_id = ss.step_id AND x.task_index = f.task_index
-    WHERE ss.run_id = f.run_id AND ss.step_slug = f.step_slug
+    SELECT x.flow_slug, x.failures FROM pgflow.step_tasks x
+    WHERE x.run_id = f.run_id AND x.step_id = f.step_id AND x.task_index = f.task_index
       AND x.attempt = f.attempt AND (x.status = 'started') IS TRUE) t
   JOIN pgflow.step_options so ON so.flow_slug = t.flow_slug AND so.step_slug = f.step_slug
   WHERE coalesce(f.permanent, false) OR t.failures + 1 >= so.max_attempts;
@@ -875,11 +892,10 @@ BEGIN
 
   -- Fail the final attempts, requeue the others after their backoff; a task
   -- whose run has ended meanwhile is cancelled instead.
-  WITH f AS MATERIALIZED (
-    SELECT f.*, (k.task_index IS NOT NULL) AS final,
-           (SELECT ss.step_id FROM pgflow.step_states ss WHERE ss.run_id = f.run_id AND ss.step_slug = f.step_slug) AS step_id
-    FROM unnest(run_ids, step_slugs, task_indexes, attempts, error_messages)
-         AS f(run_id, step_slug, task_index, attempt, message)
+  WITH f AS (
+    SELECT f.*, (k.task_index IS NOT NULL) AS final
+    FROM unnest(run_ids, step_slugs, v_step_ids, task_indexes, attempts, error_messages)
+         AS f(run_id, step_slug, step_id, task_index, attempt, message)
     LEFT JOIN unnest(v_final_runs, v_final_steps, v_final_idx) AS k(run_id, step_slug, task_index)
       ON k.run_id = f.run_id AND k.step_slug = f.step_slug AND k.task_index = f.task_index
   ), updated AS (
@@ -941,10 +957,9 @@ BEGIN
                        ARRAY[fail_task.attempt], ARRAY[fail_task.error_message], ARRAY[fail_task.permanent]) = 0 THEN
     RETURN NULL;
   END IF;
-  RETURN (SELECT t.status
-          FROM pgflow.step_states ss
-          JOIN pgflow.step_tasks t ON t.run_id = ss.run_id AND t.step_id = ss.step_id AND t.task_index = fail_task.task_index
-          WHERE ss.run_id = fail_task.run_id AND ss.step_slug = fail_task.step_slug);
+  RETURN (SELECT t.status FROM pgflow.step_tasks t
+          WHERE t.run_id = fail_task.run_id AND t.task_index = fail_task.task_index
+            AND t.step_id = (pgflow._task_step_ids(ARRAY[fail_task.run_id], ARRAY[fail_task.step_slug]))[1]);
 END $$;
 
 -- _reap_expired fails the tasks of the given steps whose last allowed attempt
@@ -1225,7 +1240,8 @@ BEGIN
   ), steps AS MATERIALIZED (
     -- The batch's steps, the status of their runs and whether the guard
     -- holds for them, looked up once per step rather than once per task.
-    SELECT k.run_id, k.step_slug, ss.step_id, ss.run_id IS NOT NULL AS has_state,
+    SELECT k.run_id, k.step_slug, ss.run_id IS NOT NULL AS has_state,
+           (SELECT s.step_id FROM pgflow.steps s WHERE s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug) AS step_id,
            NOT p_guarded OR coalesce(ss.status = 'started' AND ss.remaining_tasks > k.n, false) AS ok,
            (SELECT r.status FROM pgflow.runs r WHERE r.run_id = k.run_id) AS run_status
     FROM (SELECT c.run_id, c.step_slug, count(*)::int AS n FROM c GROUP BY c.run_id, c.step_slug) k
@@ -1365,8 +1381,9 @@ BEGIN
              AS c(run_id, step_slug, task_index, attempt, output, ord)
   ), k AS MATERIALIZED (
     -- Each first task's step type and flow, and its run's status.
-    SELECT c.run_id, c.step_slug, c.task_index, c.attempt, c.output, c.ord, ss.flow_slug, ss.step_id,
+    SELECT c.run_id, c.step_slug, c.task_index, c.attempt, c.output, c.ord, ss.flow_slug,
            (SELECT s.step_type FROM pgflow.steps s WHERE s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug) AS step_type,
+           (SELECT s.step_id FROM pgflow.steps s WHERE s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug) AS step_id,
            (SELECT r.status FROM pgflow.runs r WHERE r.run_id = c.run_id) AS run_status
     FROM c
     JOIN pgflow.step_states ss ON ss.run_id = c.run_id AND ss.step_slug = c.step_slug
@@ -1477,7 +1494,9 @@ BEGIN
       SET status = 'completed', ended_at = now(),
           output = (SELECT coalesce(json_agg(t.output ORDER BY t.task_index), '[]')
                     FROM pgflow.step_tasks t
-                    WHERE t.run_id = ss.run_id AND t.step_id = ss.step_id)
+                    WHERE t.run_id = ss.run_id
+                      AND t.step_id = (SELECT s.step_id FROM pgflow.steps s
+                                       WHERE s.flow_slug = ss.flow_slug AND s.step_slug = ss.step_slug))
       FROM unnest(v_done_runs, v_done_steps) AS d(run_id, step_slug)
       WHERE ss.run_id = d.run_id AND ss.step_slug = d.step_slug;
     END IF;
@@ -1513,9 +1532,9 @@ BEGIN
   ORDER BY ss.run_id, ss.step_slug
   FOR UPDATE OF ss;
 
-  WITH r AS MATERIALIZED (
-    SELECT r.*, (SELECT ss.step_id FROM pgflow.step_states ss WHERE ss.run_id = r.run_id AND ss.step_slug = r.step_slug) AS step_id
-    FROM unnest(run_ids, step_slugs, task_indexes, attempts) AS r(run_id, step_slug, task_index, attempt)
+  WITH r AS (
+    SELECT * FROM unnest(run_ids, pgflow._task_step_ids(run_ids, step_slugs), task_indexes, attempts)
+                  AS r(run_id, step_id, task_index, attempt)
   ), released AS (
     UPDATE pgflow.step_tasks t
     SET status = CASE WHEN (SELECT run.status FROM pgflow.runs run WHERE run.run_id = t.run_id) = 'started'
