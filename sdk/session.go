@@ -336,11 +336,45 @@ func (s *session) reserveForLoop(least int) int {
 	return n
 }
 
+// taskGroup is the deadline shared by the tasks of one claim that have the
+// same timeout: one timer for all of them rather than one per task (each
+// task's context, cancellable on its own, derives from the group's). The
+// last task of a group to finish releases it.
+type taskGroup struct {
+	ctx      context.Context
+	cancel   context.CancelFunc
+	timeout  time.Duration
+	deadline time.Time
+	left     atomic.Int32 // tasks of the group not yet finished
+}
+
+// done records that one of the group's tasks finished.
+func (g *taskGroup) done() {
+	if g.left.Add(-1) == 0 {
+		g.cancel()
+	}
+}
+
 // startClaimed starts the tasks of a claim made with n reserved slots
 // and returns the reservation.
 func (s *session) startClaimed(claimed []claimed, n int) {
-	for _, c := range claimed {
-		s.start(c)
+	now := time.Now()
+	// Every group counts its tasks before any starts: a task finishing
+	// early must not release its group while others are still to join.
+	var groups []*taskGroup // by timeout; a claim's steps are few
+	of := make([]*taskGroup, len(claimed))
+	for i, c := range claimed {
+		j := slices.IndexFunc(groups, func(g *taskGroup) bool { return g.timeout == c.timeout })
+		if j < 0 {
+			g := &taskGroup{timeout: c.timeout, deadline: now.Add(c.timeout)}
+			g.ctx, g.cancel = context.WithDeadline(s.handlerCtx, g.deadline)
+			groups, j = append(groups, g), len(groups)
+		}
+		of[i] = groups[j]
+		groups[j].left.Add(1)
+	}
+	for i, c := range claimed {
+		s.start(c, of[i], now)
 	}
 	s.mu.Lock()
 	s.reserved -= n
@@ -435,22 +469,22 @@ func (s *session) untilNextVisible(ctx context.Context) time.Duration {
 	return wait
 }
 
-// start runs a claimed task's handler on a handler goroutine; the task of a
-// run known to have ended is handed back instead (the database then
-// cancels it).
-func (s *session) start(c claimed) {
+// start runs a claimed task's handler on a handler goroutine, in its
+// group's context; the task of a run known to have ended is handed back
+// instead (the database then cancels it).
+func (s *session) start(c claimed, g *taskGroup, now time.Time) {
 	s.mu.Lock()
 	_, ended := s.ended[c.task.RunID]
 	s.mu.Unlock()
 	if ended {
+		g.done()
 		s.logger.Debug("pgflow: task dropped: its run ended", taskAttrs(c.task)...)
 		s.deliver(result{task: c.task, release: true})
 		return
 	}
 	reg := s.regs[stepKey{c.task.Flow, c.task.Step}]
-	now := time.Now()
-	ctx, cancel := context.WithDeadline(context.WithValue(s.handlerCtx, taskContextKey{}, c.task), now.Add(c.timeout))
-	inf := &inflight{task: c.task, cancel: cancel, started: now, deadline: now.Add(c.timeout), timeout: c.timeout}
+	ctx, cancel := context.WithCancel(context.WithValue(g.ctx, taskContextKey{}, c.task))
+	inf := &inflight{task: c.task, cancel: cancel, started: now, deadline: g.deadline, timeout: c.timeout}
 	s.mu.Lock()
 	s.inflight[inf] = struct{}{}
 	s.running++
@@ -459,6 +493,7 @@ func (s *session) start(c claimed) {
 		s.logger.Debug("pgflow: task started", taskAttrs(c.task)...)
 	}
 	s.launch(func() {
+		defer g.done()
 		defer cancel()
 		out, err := call(ctx, reg.handler, c.task)
 		s.finish(inf, ctx, out, err)
