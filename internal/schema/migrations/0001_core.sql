@@ -1449,9 +1449,15 @@ BEGIN
                                                       ORDER BY octet_length(l.slug), l.slug COLLATE "C"), '') || '}')::json
                     FROM (SELECT u.slug, u.output FROM unnest(counts.leaf_slugs, counts.leaf_outputs) AS u(slug, output)
                           UNION ALL
+                          -- (Only a flow with steps besides these has other
+                          -- step states to look at: a one-step run skips the
+                          -- scan, which the planner does as a sort and merge.)
                           SELECT ss.step_slug, ss.output
                           FROM pgflow.step_states ss
-                          WHERE ss.run_id = r.run_id
+                          WHERE EXISTS (SELECT 1 FROM pgflow.steps s
+                                        WHERE s.flow_slug = r.flow_slug
+                                          AND s.step_slug <> ALL (coalesce(counts.leaf_slugs, '{}')))
+                            AND ss.run_id = r.run_id
                             AND ss.step_slug <> ALL (coalesce(counts.leaf_slugs, '{}'))
                             AND NOT EXISTS (SELECT 1 FROM pgflow.deps d
                                             WHERE d.flow_slug = ss.flow_slug AND d.dep_slug = ss.step_slug)) l)
