@@ -709,6 +709,48 @@ func TestFailAndReleaseWithoutStepState(t *testing.T) {
 	}
 }
 
+// TestStepRecreatedByHand: a step whose definition is deleted and created
+// again by hand (a new step number) while a run is under way still works
+// for the tasks created after that: reports find a task's step number
+// where its creation did, in the step definitions.
+func TestStepRecreatedByHand(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("redone", "", step{slug: "a"}, step{slug: "b", deps: []string{"a"}})
+	run := e.start("redone", `{}`)
+	a := e.claim(10, "redone.a")
+	if len(a) != 1 {
+		t.Fatalf("claimed %d tasks of a, want 1", len(a))
+	}
+	e.exec(`DELETE FROM pgflow.deps WHERE flow_slug = 'redone'`)
+	e.exec(`WITH gone AS (DELETE FROM pgflow.steps WHERE flow_slug = 'redone' AND step_slug = 'b' RETURNING *)
+	        INSERT INTO pgflow.steps (flow_slug, step_slug, step_type, step_index, deps_count)
+	        SELECT flow_slug, step_slug, step_type, step_index, deps_count FROM gone`)
+	e.exec(`INSERT INTO pgflow.deps (flow_slug, step_slug, dep_slug, dep_index) VALUES ('redone', 'b', 'a', 0)`)
+
+	if !e.complete(a[0], `1`) {
+		t.Fatal("completing a did not apply")
+	}
+	b := e.claim(10, "redone.b")
+	if len(b) != 1 {
+		t.Fatalf("claimed %d tasks of b, want 1", len(b))
+	}
+	if got := e.fail(b[0], "once", false); got != "queued" {
+		t.Fatalf("failing b: %q, want queued", got)
+	}
+	e.makeVisible(run)
+	b = e.claim(10, "redone.b")
+	if len(b) != 1 {
+		t.Fatalf("claimed %d retries of b, want 1", len(b))
+	}
+	if !e.complete(b[0], `2`) {
+		t.Fatal("completing b did not apply")
+	}
+	if r := e.run(run); r.Status != "completed" {
+		t.Fatalf("run %s, want completed", r.Status)
+	}
+}
+
 // TestReportsForUnknownTasks: complete and fail calls for tasks that do not
 // exist change nothing and raise nothing.
 func TestReportsForUnknownTasks(t *testing.T) {
