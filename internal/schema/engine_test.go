@@ -751,6 +751,33 @@ func TestStepRecreatedByHand(t *testing.T) {
 	}
 }
 
+// TestLeafDeletedByHand: a leaf step that completed stays in the run output
+// when its definition is deleted by hand before the run's last single step
+// completes (the run output comes from the run's step states).
+func TestLeafDeletedByHand(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("gone", "", step{slug: "x"}, step{slug: "y"})
+	run := e.start("gone", `{}`)
+	tasks := e.claim(10, "gone.x", "gone.y")
+	if len(tasks) != 2 {
+		t.Fatalf("claimed %d tasks, want 2", len(tasks))
+	}
+	x, y := pick(t, tasks, run, "x", 0), pick(t, tasks, run, "y", 0)
+	if !e.complete(y, `"y"`) {
+		t.Fatal("completing y did not apply")
+	}
+	e.exec(`DELETE FROM pgflow.steps WHERE flow_slug = 'gone' AND step_slug = 'y'`)
+	if !e.complete(x, `"x"`) {
+		t.Fatal("completing x did not apply")
+	}
+	r := e.run(run)
+	if r.Status != "completed" {
+		t.Fatalf("run %s, want completed", r.Status)
+	}
+	jsonEqual(t, "run output", string(r.Output), `{"x": "x", "y": "y"}`)
+}
+
 // TestReportsForUnknownTasks: complete and fail calls for tasks that do not
 // exist change nothing and raise nothing.
 func TestReportsForUnknownTasks(t *testing.T) {

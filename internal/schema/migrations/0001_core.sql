@@ -1449,14 +1449,14 @@ BEGIN
                                                       ORDER BY octet_length(l.slug), l.slug COLLATE "C"), '') || '}')::json
                     FROM (SELECT u.slug, u.output FROM unnest(counts.leaf_slugs, counts.leaf_outputs) AS u(slug, output)
                           UNION ALL
-                          -- (Only a flow with steps besides these has other
-                          -- step states to look at: a one-step run skips the
-                          -- scan, which the planner does as a sort and merge.)
+                          -- (Only a run with step states besides these has
+                          -- others to look at: a one-step run skips the scan,
+                          -- which the planner does as a sort and merge.)
                           SELECT ss.step_slug, ss.output
                           FROM pgflow.step_states ss
-                          WHERE EXISTS (SELECT 1 FROM pgflow.steps s
-                                        WHERE s.flow_slug = r.flow_slug
-                                          AND s.step_slug <> ALL (coalesce(counts.leaf_slugs, '{}')))
+                          WHERE EXISTS (SELECT 1 FROM pgflow.step_states o
+                                        WHERE o.run_id = r.run_id
+                                          AND o.step_slug <> ALL (coalesce(counts.leaf_slugs, '{}')))
                             AND ss.run_id = r.run_id
                             AND ss.step_slug <> ALL (coalesce(counts.leaf_slugs, '{}'))
                             AND NOT EXISTS (SELECT 1 FROM pgflow.deps d
