@@ -146,13 +146,16 @@ func keys(rs []result) (runs [][16]byte, steps []string, indexes, attempts []int
 // round trip and transaction also claim tasks for the free slots: a
 // completion that queues the next step's task hands it straight back to
 // this worker, without waiting for the notification and a separate claim.
+// The notification is then sent only when the claim leaves queued tasks
+// behind, so that the worker (and the others) are not woken for a task
+// already taken.
 func (s *session) sendCompletions(ctx context.Context, rs []result) error {
 	runs, steps, indexes, attempts := keys(rs)
 	outputs := make([]string, len(rs))
 	for i, r := range rs {
 		outputs[i] = string(r.output)
 	}
-	args := []any{runs, steps, indexes, attempts, outputs}
+	args := []any{runs, steps, indexes, attempts, outputs, false}
 	var (
 		applied int
 		err     error
@@ -165,6 +168,7 @@ func (s *session) sendCompletions(ctx context.Context, rs []result) error {
 	// refused for its data: the completion is blamed for such an error
 	// only when it gets the error without the claim.
 	if n == 0 || (err != nil && isDataError(err)) {
+		args[5] = false
 		err = s.w.pool.QueryRow(ctx, completeSQL, args...).Scan(&applied)
 	}
 	if err == nil && applied < len(rs) {
@@ -176,13 +180,15 @@ func (s *session) sendCompletions(ctx context.Context, rs []result) error {
 // completeAndClaim runs completeSQL with args and a claim of up to n tasks
 // (n slots reserved) in one round trip and one transaction: a batch runs
 // in an implicit transaction, so when either statement fails, neither
-// takes effect. It starts the claimed tasks and returns how many
-// completions applied.
+// takes effect. The completion is told that the claim follows (its
+// notification waits for the claim). It starts the claimed tasks and
+// returns how many completions applied.
 func (s *session) completeAndClaim(ctx context.Context, args []any, n int) (int, error) {
 	var (
 		applied int
 		claimed []claimed
 	)
+	args[5] = true
 	b := &pgx.Batch{}
 	b.Queue(completeSQL, args...).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&applied)

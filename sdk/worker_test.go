@@ -522,3 +522,40 @@ func TestStartDelayAfterAnIdleAnswer(t *testing.T) {
 		}
 	}
 }
+
+// A worker that reports a completion together with a claim leaves the
+// announcement of the tasks it queued to that claim. Tasks the claim does not
+// take are still announced at once: those of a step another worker serves,
+// and a delayed task (to this worker itself, which then waits for it).
+func TestQueuedTasksAnnouncedAfterTheReportsClaim(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	split := sdk.FlowSpec{Slug: "split_chain", Steps: []sdk.StepSpec{{Slug: "a"}, {Slug: "b", Deps: []string{"a"}}}}
+	delayed := sdk.FlowSpec{Slug: "delayed_chain", Steps: []sdk.StepSpec{
+		{Slug: "a"}, {Slug: "b", Deps: []string{"a"}, StartDelay: 200 * time.Millisecond}}}
+	if err := e.client.EnsureFlows(e.ctx, split, delayed); err != nil {
+		t.Fatal(err)
+	}
+	const poll = time.Minute
+	one := func(context.Context, *sdk.Task) (any, error) { return 1, nil }
+	e.startWorker(sdk.WorkerOptions{Concurrency: 4, PollInterval: poll}, func(w *sdk.Worker) {
+		w.Handle(split, "a", sdk.HandlerOptions{}, one)
+		w.Handle(delayed, "a", sdk.HandlerOptions{}, one)
+		w.Handle(delayed, "b", sdk.HandlerOptions{}, one)
+	})
+	e.startWorker(sdk.WorkerOptions{Concurrency: 4, PollInterval: poll}, func(w *sdk.Worker) {
+		w.Handle(split, "b", sdk.HandlerOptions{}, one)
+	})
+	for i := range 3 {
+		for _, f := range []sdk.FlowSpec{split, delayed} {
+			id, err := e.client.StartFlow(e.ctx, f.Slug, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			if _, err := e.client.WaitRun(e.waitCtx(poll/2), id); err != nil {
+				t.Fatalf("%s, run %d: %v (after %v)", f.Slug, i, err, time.Since(start))
+			}
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -294,6 +295,123 @@ func (e *engine) liveTotal(ctx context.Context) int {
 		return -1
 	}
 	return n
+}
+
+// TestNotifyAfterClaim: completions reported with claim_follows announce
+// the tasks they queued only when the claim that follows them in the same
+// transaction leaves tasks of the flow queued.
+func TestNotifyAfterClaim(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("hand", "", step{slug: "a"}, step{slug: "b", deps: []string{"a"}}, step{slug: "c", deps: []string{"b"}})
+	e.flow("spread", "", step{slug: "a"}, step{slug: "b", deps: []string{"a"}, fanout: true})
+	e.flow("later", "", step{slug: "a"}, step{slug: "b", deps: []string{"a"}, extra: "start_delay => '1 hour'"})
+
+	listener, err := e.pool.Acquire(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Release()
+	if _, err := listener.Exec(e.ctx, "LISTEN pgflow_tasks"); err != nil {
+		t.Fatal(err)
+	}
+	// announced reports the flows announced since the last call: a marker
+	// notified after them arrives after them (notifications arrive in the
+	// order their transactions committed).
+	announced := func() []string {
+		t.Helper()
+		e.exec("SELECT pg_notify('pgflow_tasks', 'marker')")
+		var got []string
+		for {
+			ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+			n, err := listener.Conn().WaitForNotification(ctx)
+			cancel()
+			if err != nil {
+				t.Fatalf("waiting for the marker: %v", err)
+			}
+			if n.Payload == "marker" {
+				return got
+			}
+			got = append(got, n.Payload)
+		}
+	}
+
+	cases := []struct {
+		name      string
+		flow      string
+		input     string
+		follows   bool
+		claimFrom []string // the steps the claim asks for
+		claimMax  int
+		want      []string // flows announced by the report's transaction
+		claimed   int
+	}{
+		{"the claim takes the next step", "hand", `{}`, true, []string{"hand.b"}, 10, nil, 1},
+		{"no claim_follows", "hand", `{}`, false, []string{"hand.b"}, 10, []string{"hand"}, 1},
+		{"the claim serves other steps", "hand", `{}`, true, []string{"hand.c"}, 10, []string{"hand"}, 0},
+		{"the claim asks for no task", "hand", `{}`, true, []string{"hand.b"}, 0, []string{"hand"}, 0},
+		{"tasks beyond the claim's limit", "spread", `{}`, true, []string{"spread.b"}, 2, []string{"spread"}, 2},
+		{"the claim takes every task", "spread", `{}`, true, []string{"spread.b"}, 3, nil, 3},
+		{"a delayed task", "later", `{}`, true, []string{"later.b"}, 10, []string{"later"}, 0},
+	}
+	for _, c := range cases {
+		run := e.start(c.flow, c.input)
+		a := e.claim(1, c.flow+".a")
+		if len(a) != 1 || a[0].RunID != run {
+			t.Fatalf("%s: claimed %+v, want a of run %s", c.name, a, run)
+		}
+		announced() // the start's
+
+		tx, err := e.pool.Begin(e.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var applied int
+		if err := tx.QueryRow(e.ctx, "SELECT pgflow.complete_tasks($1::uuid[], $2, $3, $4, $5::jsonb[], $6)",
+			append(completeArgs(a, `[1, 2, 3]`), c.follows)...).Scan(&applied); err != nil || applied != 1 {
+			t.Fatalf("%s: complete_tasks: %d, %v", c.name, applied, err)
+		}
+		claimed := claimOn(t, e.ctx, tx, c.claimMax, c.claimFrom...)
+		if err := tx.Commit(e.ctx); err != nil {
+			t.Fatal(err)
+		}
+		if len(claimed) != c.claimed {
+			t.Errorf("%s: claimed %d tasks, want %d", c.name, len(claimed), c.claimed)
+		}
+		if got := announced(); !slices.Equal(got, c.want) {
+			t.Errorf("%s: announced %q, want %q", c.name, got, c.want)
+		}
+		e.exec("SELECT pgflow.cancel_run($1)", run)
+	}
+
+	// After the claim, a completion in the same transaction announces at once.
+	first, second := e.start("hand", `{}`), e.start("hand", `{}`)
+	a := e.claim(2, "hand.a")
+	announced()
+	tx, err := e.pool.Begin(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(e.ctx)
+	for i, run := range []string{first, second} {
+		var applied int
+		if err := tx.QueryRow(e.ctx, "SELECT pgflow.complete_tasks($1::uuid[], $2, $3, $4, $5::jsonb[], $6)",
+			append(completeArgs([]task{pick(t, a, run, "a", 0)}, `1`), i == 0)...).Scan(&applied); err != nil || applied != 1 {
+			t.Fatalf("complete_tasks: %d, %v", applied, err)
+		}
+		if i == 0 {
+			if got := claimOn(t, e.ctx, tx, 1, "hand.b"); len(got) != 1 || got[0].RunID != first {
+				t.Fatalf("claimed %+v, want b of %s", got, first)
+			}
+		}
+	}
+	if err := tx.Commit(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := announced(); !slices.Equal(got, []string{"hand"}) {
+		t.Errorf("a completion after the claim: announced %q, want [hand]", got)
+	}
+	e.exec("SELECT pgflow.cancel_run($1), pgflow.cancel_run($2)", first, second)
 }
 
 func TestNotify(t *testing.T) {

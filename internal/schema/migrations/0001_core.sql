@@ -461,6 +461,45 @@ END $$;
 -- cancelled, so late results are fenced out and nothing of the run stays
 -- claimable. The caller holds the run row lock. Returns false when the run
 -- had already ended.
+-- _notify_tasks announces on pgflow_tasks that tasks of these flows were
+-- queued: at once, or, in a transaction whose completions were reported
+-- with claim_follows (see complete_tasks), by noting the flows for the
+-- claim that follows (_notify_unclaimed). Slugs hold no commas.
+CREATE FUNCTION pgflow._notify_tasks(p_flows text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF current_setting('pgflow.claim_follows', true) = 'on' THEN
+    PERFORM set_config('pgflow.unclaimed_flows',
+                       concat_ws(',', nullif(current_setting('pgflow.unclaimed_flows', true), ''),
+                                 array_to_string(p_flows, ',')),
+                       true);
+  ELSE
+    PERFORM pg_notify('pgflow_tasks', f) FROM unnest(p_flows) AS f;
+  END IF;
+END $$;
+
+-- _notify_unclaimed ends the wait that claim_follows began: it announces
+-- the noted flows that still have queued tasks (of steps the claim did not
+-- serve, beyond its limit, or not visible yet), and announces at once again
+-- from then on.
+CREATE FUNCTION pgflow._notify_unclaimed() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_flows text := nullif(current_setting('pgflow.unclaimed_flows', true), '');
+BEGIN
+  PERFORM set_config('pgflow.claim_follows', '', true);
+  PERFORM set_config('pgflow.unclaimed_flows', '', true);
+  IF v_flows IS NULL THEN
+    RETURN;
+  END IF;
+  PERFORM pg_notify('pgflow_tasks', f.flow_slug)
+  FROM (SELECT DISTINCT u.flow_slug FROM unnest(string_to_array(v_flows, ',')) AS u(flow_slug)) f
+  WHERE EXISTS (SELECT 1
+                FROM pgflow.steps s
+                JOIN pgflow.step_tasks t ON t.step_id = s.step_id AND t.status = 'queued'
+                WHERE s.flow_slug = f.flow_slug);
+END $$;
+
 CREATE FUNCTION pgflow._end_run(p_run_id uuid, p_status text, p_step_slug text, p_task_index int, p_message text)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
@@ -565,7 +604,9 @@ BEGIN
       INTO v_new_runs, v_new_steps, v_flows
       FROM released WHERE released.remaining_deps = 0;
 
-      PERFORM pg_notify('pgflow_tasks', f) FROM unnest(v_flows) AS f;
+      IF cardinality(v_flows) > 0 THEN
+        PERFORM pgflow._notify_tasks(v_flows);
+      END IF;
       v_ready_runs := v_ready_runs || v_new_runs;
       v_ready_steps := v_ready_steps || v_new_steps;
     END IF;
@@ -653,7 +694,9 @@ BEGIN
 
     -- One notification per flow per statement (Postgres also folds
     -- duplicates within a transaction).
-    PERFORM pg_notify('pgflow_tasks', f) FROM unnest(v_flows) AS f;
+    IF cardinality(v_flows) > 0 THEN
+      PERFORM pgflow._notify_tasks(v_flows);
+    END IF;
 
     v_ready_runs := '{}';
     v_ready_steps := '{}';
@@ -1060,6 +1103,8 @@ END;
 -- the steps take turns at coming first as turn grows: a worker numbers its
 -- claims (without it, a counter shared by every caller is used, whose turns
 -- other callers' claims can skip).
+-- After a completion reported with claim_follows in the same transaction,
+-- the claim announces the tasks that completion queued and it left queued.
 CREATE FUNCTION pgflow.claim_tasks(
   worker_id      uuid,
   flow_slugs     text[],
@@ -1090,6 +1135,9 @@ DECLARE
   v_claimed     int;
 BEGIN
   IF claim_tasks.max_tasks IS NULL OR claim_tasks.max_tasks < 1 OR coalesce(cardinality(claim_tasks.flow_slugs), 0) = 0 THEN
+    IF current_setting('pgflow.claim_follows', true) = 'on' THEN
+      PERFORM pgflow._notify_unclaimed();
+    END IF;
     RETURN;
   END IF;
   IF cardinality(claim_tasks.step_slugs) IS DISTINCT FROM cardinality(claim_tasks.flow_slugs)
@@ -1150,6 +1198,9 @@ BEGIN
   END IF;
   v_tids := v_expired || v_queued;
   IF cardinality(v_tids) = 0 THEN
+    IF current_setting('pgflow.claim_follows', true) = 'on' THEN
+      PERFORM pgflow._notify_unclaimed();
+    END IF;
     RETURN;
   END IF;
 
@@ -1215,6 +1266,11 @@ BEGIN
     SET status = 'cancelled', ended_at = now()
     WHERE t.ctid = ANY (v_tids) AND t.status IN ('queued', 'started')
       AND NOT EXISTS (SELECT 1 FROM pgflow.runs r WHERE r.run_id = t.run_id);
+  END IF;
+  -- Completions reported with claim_follows left their announcement to
+  -- this claim (see complete_tasks).
+  IF current_setting('pgflow.claim_follows', true) = 'on' THEN
+    PERFORM pgflow._notify_unclaimed();
   END IF;
 END $$;
 
@@ -1305,12 +1361,21 @@ END $$;
 -- single steps, each finished by its one task, in one statement that also
 -- moves their runs on; the other fanout tasks through _complete_batch and
 -- _advance (the general path).
+--
+-- Tasks queued by the completions (a dependent step starting) are
+-- announced on pgflow_tasks. With claim_follows, the caller promises to
+-- call claim_tasks next in the same transaction: the announcement then
+-- waits for that claim, and is made only for flows with tasks still queued
+-- after it. A worker that hands the next step of a chain to itself that
+-- way does not wake every worker of the flow (itself included) for a
+-- task that is already taken.
 CREATE FUNCTION pgflow.complete_tasks(
-  run_ids      uuid[],
-  step_slugs   text[],
-  task_indexes int[],
-  attempts     int[],
-  outputs      jsonb[]
+  run_ids       uuid[],
+  step_slugs    text[],
+  task_indexes  int[],
+  attempts      int[],
+  outputs       jsonb[],
+  claim_follows boolean DEFAULT false
 ) RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -1336,6 +1401,9 @@ BEGIN
      OR cardinality(attempts) IS DISTINCT FROM cardinality(run_ids)
      OR cardinality(outputs) IS DISTINCT FROM cardinality(run_ids) THEN
     RAISE EXCEPTION 'complete_tasks: argument arrays differ in length' USING ERRCODE = 'PF005';
+  END IF;
+  IF claim_follows THEN
+    PERFORM set_config('pgflow.claim_follows', 'on', true);
   END IF;
 
   -- The fast path: a batch that cannot finish any step (each of its steps
@@ -1479,7 +1547,9 @@ BEGIN
   FROM (SELECT array_agg(released.run_id) AS runs, array_agg(released.step_slug) AS steps
         FROM released WHERE released.status = 'created' AND released.remaining_deps = 0) ready;
 
-  PERFORM pg_notify('pgflow_tasks', f) FROM unnest(v_flows) AS f;
+  IF cardinality(v_flows) > 0 THEN
+    PERFORM pgflow._notify_tasks(v_flows);
+  END IF;
   PERFORM pg_notify('pgflow_runs', p) FROM unnest(v_ended) AS p;
 
   -- The general path, for the rest of the batch.
@@ -1674,7 +1744,7 @@ END;
 ALTER FUNCTION pgflow.start_flows(text, jsonb[], uuid[]) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
   SET work_mem = '64MB';
 ALTER FUNCTION pgflow.claim_tasks(uuid, text[], text[], int, boolean[], interval, bigint) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
-ALTER FUNCTION pgflow.complete_tasks(uuid[], text[], int[], int[], jsonb[]) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+ALTER FUNCTION pgflow.complete_tasks(uuid[], text[], int[], int[], jsonb[], boolean) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
 ALTER FUNCTION pgflow.fail_tasks(uuid[], text[], int[], int[], text[], boolean[]) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
 ALTER FUNCTION pgflow.release_tasks(uuid[], text[], int[], int[]) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
 ALTER FUNCTION pgflow.cancel_run(uuid) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
