@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -145,17 +145,16 @@ func keys(rs []result) (runs [][16]byte, steps []string, indexes, attempts []int
 // sendCompletions reports completions. While the worker claims, the same
 // round trip and transaction also claim tasks for the free slots: a
 // completion that queues the next step's task hands it straight back to
-// this worker, without waiting for the notification and a separate claim.
-// The notification is then sent only when the claim leaves queued tasks
-// behind, so that the worker (and the others) are not woken for a task
-// already taken.
+// this worker, without waiting for the notification and a separate claim
+// (which is then sent only when the claim leaves queued tasks behind, so
+// that no worker is woken for a task already taken).
 func (s *session) sendCompletions(ctx context.Context, rs []result) error {
 	runs, steps, indexes, attempts := keys(rs)
 	outputs := make([]string, len(rs))
 	for i, r := range rs {
 		outputs[i] = string(r.output)
 	}
-	args := []any{runs, steps, indexes, attempts, outputs, false}
+	args := []any{runs, steps, indexes, attempts, outputs}
 	var (
 		applied int
 		err     error
@@ -164,11 +163,10 @@ func (s *session) sendCompletions(ctx context.Context, rs []result) error {
 	if n > 0 {
 		applied, err = s.completeAndClaim(ctx, args, n)
 	}
-	// Alone when no slot is free, and again alone when the batch was
+	// Alone when no slot is free, and again alone when the statement was
 	// refused for its data: the completion is blamed for such an error
 	// only when it gets the error without the claim.
 	if n == 0 || (err != nil && isDataError(err)) {
-		args[5] = false
 		err = s.w.pool.QueryRow(ctx, completeSQL, args...).Scan(&applied)
 	}
 	if err == nil && applied < len(rs) {
@@ -177,28 +175,17 @@ func (s *session) sendCompletions(ctx context.Context, rs []result) error {
 	return err
 }
 
-// completeAndClaim runs completeSQL with args and a claim of up to n tasks
-// (n slots reserved) in one round trip and one transaction: a batch runs
-// in an implicit transaction, so when either statement fails, neither
-// takes effect. The completion is told that the claim follows (its
-// notification waits for the claim). It starts the claimed tasks and
+// completeAndClaim reports completions (args of completeSQL) and claims up
+// to n tasks (n slots reserved) in one statement, complete_and_claim: when
+// either part fails, neither takes effect. It starts the claimed tasks and
 // returns how many completions applied.
 func (s *session) completeAndClaim(ctx context.Context, args []any, n int) (int, error) {
-	var (
-		applied int
-		claimed []claimed
-	)
-	args[5] = true
-	b := &pgx.Batch{}
-	b.Queue(completeSQL, args...).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&applied)
-	})
-	b.Queue(claimSQL, s.claimArgs(n)...).Query(func(rows pgx.Rows) error {
-		var err error
-		claimed, err = scanClaimed(rows, n)
-		return err
-	})
-	err := s.w.pool.SendBatch(ctx, b).Close()
+	var applied int
+	rows, err := s.w.pool.Query(ctx, completeClaimSQL, append(slices.Clone(args), s.claimArgs(n)...)...)
+	var claimed []claimed
+	if err == nil {
+		claimed, err = scanClaimed(rows, n, &applied)
+	}
 	if err != nil {
 		claimed = nil
 	}

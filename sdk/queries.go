@@ -36,6 +36,8 @@ var (
 	claimSQL string
 	//go:embed queries/complete.sql
 	completeSQL string
+	//go:embed queries/complete_claim.sql
+	completeClaimSQL string
 	//go:embed queries/fail.sql
 	failSQL string
 	//go:embed queries/release.sql

@@ -211,7 +211,7 @@ func TestShutdownWaitsForAReportsClaim(t *testing.T) {
 	flow := sdk.NewFlow[int, out](sdk.FlowSpec{Slug: "shutdown_claim", MaxAttempts: 1, Steps: []sdk.StepSpec{
 		{Slug: "a"}, {Slug: "b", Deps: []string{"a"}}}})
 
-	tracer := &holdFirstBatch{entered: make(chan struct{}), release: make(chan struct{})}
+	tracer := &holdFirstReport{entered: make(chan struct{}), release: make(chan struct{})}
 	cfg := e.pool.Config().Copy()
 	cfg.ConnConfig.Tracer = tracer
 	pool, err := pgxpool.NewWithConfig(e.ctx, cfg)
@@ -267,27 +267,24 @@ func TestShutdownWaitsForAReportsClaim(t *testing.T) {
 	}
 }
 
-// holdFirstBatch holds the first batch a pool sends (a report with its
-// claim) until release is closed.
-type holdFirstBatch struct {
+// holdFirstReport holds the first report with a claim a pool sends (a
+// complete_and_claim statement) until release is closed.
+type holdFirstReport struct {
 	once    sync.Once
 	entered chan struct{}
 	release chan struct{}
 }
 
-func (h *holdFirstBatch) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+func (h *holdFirstReport) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	if strings.Contains(data.SQL, "pgflow.complete_and_claim(") {
+		h.once.Do(func() {
+			close(h.entered)
+			<-h.release
+		})
+	}
 	return ctx
 }
-func (h *holdFirstBatch) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-func (h *holdFirstBatch) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
-	h.once.Do(func() {
-		close(h.entered)
-		<-h.release
-	})
-	return ctx
-}
-func (h *holdFirstBatch) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
-func (h *holdFirstBatch) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
+func (h *holdFirstReport) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
 
 // onMessage is a slog handler that closes seen when a record with the
 // given message is logged.

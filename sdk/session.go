@@ -408,11 +408,15 @@ func (s *session) claim(ctx context.Context, n int) ([]claimed, error) {
 	if err != nil {
 		return nil, err
 	}
-	return scanClaimed(rows, n)
+	return scanClaimed(rows, n, nil)
 }
 
-// scanClaimed reads the rows of claimSQL, a claim of up to n tasks.
-func scanClaimed(rows pgx.Rows, n int) ([]claimed, error) {
+// scanClaimed reads the rows of a claim of up to n tasks: of claimSQL
+// (applied nil), or of completeClaimSQL, whose first column (how many
+// completions applied) goes to applied, and whose row without a task (when
+// none was claimed) carries only that.
+func scanClaimed(rows pgx.Rows, n int, applied *int) ([]claimed, error) {
+	defer rows.Close()
 	var (
 		out                  = make([]claimed, 0, n)
 		run                  [16]byte
@@ -421,15 +425,30 @@ func scanClaimed(rows pgx.Rows, n int) ([]claimed, error) {
 		timeout              time.Duration
 		runInput, deps, item []byte
 	)
-	_, err := pgx.ForEachRow(rows, []any{&run, &step, &index, &attempt, &timeout, &runInput, &deps, &item, &flow}, func() error {
+	dest := []any{&run, &step, &index, &attempt, &timeout, &runInput, &deps, &item, &flow}
+	var countOnly []any
+	if applied != nil {
+		dest = append([]any{applied}, dest...)
+		countOnly = make([]any, len(dest))
+		countOnly[0] = applied
+	}
+	for rows.Next() {
+		if applied != nil && rows.RawValues()[1] == nil {
+			if err := rows.Scan(countOnly...); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, err
+		}
 		out = append(out, claimed{
 			task: &Task{RunID: RunID(run), Flow: flow, Step: step, Index: index, Attempt: attempt,
 				runInput: cloneBytes(runInput), deps: cloneBytes(deps), item: cloneBytes(item)},
 			timeout: timeout,
 		})
-		return nil
-	})
-	return out, err
+	}
+	return out, rows.Err()
 }
 
 func cloneBytes(b []byte) []byte {

@@ -176,3 +176,76 @@ func TestClaimLoopIsWokenWhenAReportClaimGivesItsSlotsBack(t *testing.T) {
 		})
 	}
 }
+
+// A report that carries a claim hands the next step of a chain back to the
+// worker in the same statement, and so announces nothing: no worker, this
+// one included, is woken for a task already taken.
+func TestReportHandsTheNextStepBackWithoutAnnouncing(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pool := testdb.NewPool(t)
+	chain := FlowSpec{Slug: "handed_back", Steps: []StepSpec{{Slug: "a"}, {Slug: "b", Deps: []string{"a"}}}}
+	if err := EnsureFlows(ctx, pool, chain); err != nil {
+		t.Fatal(err)
+	}
+	w := NewWorker(pool, WorkerOptions{Concurrency: 4, PollInterval: time.Minute})
+	for _, step := range []string{"a", "b"} {
+		w.Handle(chain, step, HandlerOptions{}, func(context.Context, *Task) (any, error) { return 1, nil })
+	}
+	s := newSession(w)
+	defer close(s.retire)
+	s.claiming.Store(true)
+
+	listener, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Release()
+	if _, err := listener.Exec(ctx, "LISTEN pgflow_tasks"); err != nil {
+		t.Fatal(err)
+	}
+	// announced counts the announcements before a marker notified now.
+	announced := func() int {
+		t.Helper()
+		if _, err := pool.Exec(ctx, "SELECT pg_notify('pgflow_tasks', 'marker')"); err != nil {
+			t.Fatal(err)
+		}
+		for n := 0; ; n++ {
+			m, err := listener.Conn().WaitForNotification(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Payload == "marker" {
+				return n
+			}
+		}
+	}
+
+	run, err := NewClient(pool).StartFlow(ctx, chain.Slug, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := s.claim(ctx, 1)
+	if err != nil || len(a) != 1 || a[0].task.Step != "a" {
+		t.Fatalf("claimed %v, %v; want task a", a, err)
+	}
+	if n := announced(); n != 1 {
+		t.Fatalf("%d announcements of the start, want 1", n)
+	}
+	if err := s.sendCompletions(ctx, []result{{task: a[0].task, output: []byte("1")}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := announced(); n != 0 {
+		t.Errorf("%d announcements of the report, want 0", n)
+	}
+	// b was claimed by the report and ran here; its result waits for a
+	// reporter.
+	select {
+	case r := <-s.results[s.reporterOf(&Task{RunID: run, Step: "b"})]:
+		if r.task.RunID != run || r.task.Step != "b" || r.err != nil {
+			t.Fatalf("result %+v, want b of the run", r)
+		}
+	case <-ctx.Done():
+		t.Fatal("b did not run")
+	}
+}

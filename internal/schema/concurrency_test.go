@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -297,9 +298,8 @@ func (e *engine) liveTotal(ctx context.Context) int {
 	return n
 }
 
-// TestNotifyAfterClaim: completions reported with claim_follows announce
-// the tasks they queued only when the claim that follows them in the same
-// transaction leaves tasks of the flow queued.
+// TestNotifyAfterClaim: complete_and_claim announces the tasks its
+// completions queued only when its claim leaves some of them queued.
 func TestNotifyAfterClaim(t *testing.T) {
 	t.Parallel()
 	e := newEngine(t)
@@ -335,56 +335,73 @@ func TestNotifyAfterClaim(t *testing.T) {
 			got = append(got, n.Payload)
 		}
 	}
+	// report completes task a of a run with output [1, 2, 3] and claims up
+	// to max tasks of steps in one complete_and_claim call, on q.
+	report := func(q querier, a task, max int, steps ...string) (applied int, claimed []task) {
+		t.Helper()
+		var (
+			flows, slugs []string
+			run, step    string
+			index        int
+		)
+		for _, s := range steps {
+			f, st, _ := strings.Cut(s, ".")
+			flows, slugs = append(flows, f), append(slugs, st)
+		}
+		rows, err := q.Query(e.ctx, `
+			SELECT applied, coalesce(run_id::text, ''), coalesce(step_slug, ''), coalesce(task_index, -1)
+			FROM pgflow.complete_and_claim($1::uuid[], $2, $3, $4, $5::jsonb[],
+			                               '00000000-0000-0000-0000-000000000001', $6, $7, $8)`,
+			append(completeArgs([]task{a}, `[1, 2, 3]`), flows, slugs, max)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = pgx.ForEachRow(rows, []any{&applied, &run, &step, &index}, func() error {
+			if run != "" {
+				claimed = append(claimed, task{RunID: run, Step: step, Index: index})
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return applied, claimed
+	}
 
 	cases := []struct {
-		name      string
-		flow      string
-		input     string
-		follows   bool
-		claimFrom []string // the steps the claim asks for
-		claimMax  int
-		want      []string // flows announced by the report's transaction
-		claimed   int
+		name     string
+		flow     string
+		steps    []string // the steps the claim asks for
+		max      int
+		claimed  int
+		announce []string // flows announced by the report
 	}{
-		{"the claim takes the next step", "hand", `{}`, true, []string{"hand.b"}, 10, nil, 1},
-		{"no claim_follows", "hand", `{}`, false, []string{"hand.b"}, 10, []string{"hand"}, 1},
-		{"the claim serves other steps", "hand", `{}`, true, []string{"hand.c"}, 10, []string{"hand"}, 0},
-		{"the claim asks for no task", "hand", `{}`, true, []string{"hand.b"}, 0, []string{"hand"}, 0},
-		{"tasks beyond the claim's limit", "spread", `{}`, true, []string{"spread.b"}, 2, []string{"spread"}, 2},
-		{"the claim takes every task", "spread", `{}`, true, []string{"spread.b"}, 3, nil, 3},
-		{"a delayed task", "later", `{}`, true, []string{"later.b"}, 10, []string{"later"}, 0},
+		{"the claim takes the next step", "hand", []string{"hand.b"}, 10, 1, nil},
+		{"the claim serves other steps", "hand", []string{"hand.c"}, 10, 0, []string{"hand"}},
+		{"the claim asks for no task", "hand", []string{"hand.b"}, 0, 0, []string{"hand"}},
+		{"tasks beyond the claim's limit", "spread", []string{"spread.b"}, 2, 2, []string{"spread"}},
+		{"the claim takes every task", "spread", []string{"spread.b"}, 3, 3, nil},
+		{"a delayed task", "later", []string{"later.b"}, 10, 0, []string{"later"}},
 	}
 	for _, c := range cases {
-		run := e.start(c.flow, c.input)
+		run := e.start(c.flow, `{}`)
 		a := e.claim(1, c.flow+".a")
 		if len(a) != 1 || a[0].RunID != run {
 			t.Fatalf("%s: claimed %+v, want a of run %s", c.name, a, run)
 		}
 		announced() // the start's
-
-		tx, err := e.pool.Begin(e.ctx)
-		if err != nil {
-			t.Fatal(err)
+		applied, claimed := report(e.pool, a[0], c.max, c.steps...)
+		if applied != 1 || len(claimed) != c.claimed {
+			t.Errorf("%s: applied %d and claimed %d tasks, want 1 and %d", c.name, applied, len(claimed), c.claimed)
 		}
-		var applied int
-		if err := tx.QueryRow(e.ctx, "SELECT pgflow.complete_tasks($1::uuid[], $2, $3, $4, $5::jsonb[], $6)",
-			append(completeArgs(a, `[1, 2, 3]`), c.follows)...).Scan(&applied); err != nil || applied != 1 {
-			t.Fatalf("%s: complete_tasks: %d, %v", c.name, applied, err)
-		}
-		claimed := claimOn(t, e.ctx, tx, c.claimMax, c.claimFrom...)
-		if err := tx.Commit(e.ctx); err != nil {
-			t.Fatal(err)
-		}
-		if len(claimed) != c.claimed {
-			t.Errorf("%s: claimed %d tasks, want %d", c.name, len(claimed), c.claimed)
-		}
-		if got := announced(); !slices.Equal(got, c.want) {
-			t.Errorf("%s: announced %q, want %q", c.name, got, c.want)
+		if got := announced(); !slices.Equal(got, c.announce) {
+			t.Errorf("%s: announced %q, want %q", c.name, got, c.announce)
 		}
 		e.exec("SELECT pgflow.cancel_run($1)", run)
 	}
 
-	// After the claim, a completion in the same transaction announces at once.
+	// Announced at once: by complete_tasks, after complete_and_claim in the
+	// same transaction, and whatever pgflow.claim_follows a session sets.
 	first, second := e.start("hand", `{}`), e.start("hand", `{}`)
 	a := e.claim(2, "hand.a")
 	announced()
@@ -393,25 +410,39 @@ func TestNotifyAfterClaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(e.ctx)
-	for i, run := range []string{first, second} {
-		var applied int
-		if err := tx.QueryRow(e.ctx, "SELECT pgflow.complete_tasks($1::uuid[], $2, $3, $4, $5::jsonb[], $6)",
-			append(completeArgs([]task{pick(t, a, run, "a", 0)}, `1`), i == 0)...).Scan(&applied); err != nil || applied != 1 {
-			t.Fatalf("complete_tasks: %d, %v", applied, err)
-		}
-		if i == 0 {
-			if got := claimOn(t, e.ctx, tx, 1, "hand.b"); len(got) != 1 || got[0].RunID != first {
-				t.Fatalf("claimed %+v, want b of %s", got, first)
-			}
-		}
+	if _, claimed := report(tx, pick(t, a, first, "a", 0), 1, "hand.b"); len(claimed) != 1 {
+		t.Fatalf("claimed %+v, want b of %s", claimed, first)
+	}
+	if _, err := tx.Exec(e.ctx, sideCompleteSQL, completeArgs([]task{pick(t, a, second, "a", 0)}, `1`)...); err != nil {
+		t.Fatal(err)
 	}
 	if err := tx.Commit(e.ctx); err != nil {
 		t.Fatal(err)
 	}
 	if got := announced(); !slices.Equal(got, []string{"hand"}) {
-		t.Errorf("a completion after the claim: announced %q, want [hand]", got)
+		t.Errorf("complete_tasks after complete_and_claim: announced %q, want [hand]", got)
 	}
 	e.exec("SELECT pgflow.cancel_run($1), pgflow.cancel_run($2)", first, second)
+
+	run := e.start("hand", `{}`)
+	a = e.claim(1, "hand.a")
+	announced()
+	conn, err := e.pool.Acquire(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(e.ctx, "SET pgflow.claim_follows = 'on'"); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Exec(e.ctx, "RESET pgflow.claim_follows")
+	if _, err := conn.Exec(e.ctx, sideCompleteSQL, completeArgs(a, `1`)...); err != nil {
+		t.Fatal(err)
+	}
+	if got := announced(); !slices.Equal(got, []string{"hand"}) {
+		t.Errorf("complete_tasks with pgflow.claim_follows set: announced %q, want [hand]", got)
+	}
+	e.exec("SELECT pgflow.cancel_run($1)", run)
 }
 
 func TestNotify(t *testing.T) {

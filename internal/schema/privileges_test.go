@@ -36,7 +36,7 @@ const (
 
 // definerFunctions are the functions that run as their owner.
 var definerFunctions = []string{
-	"add_step", "cancel_run", "claim_tasks", "complete_task", "complete_tasks", "create_flow",
+	"add_step", "cancel_run", "claim_tasks", "complete_and_claim", "complete_task", "complete_tasks", "create_flow",
 	"fail_task", "fail_tasks", "get_run", "next_visible_at", "release_tasks", "start_flow",
 	"start_flows", "update_flow_options", "update_step_options", "worker_heartbeat", "worker_stopped",
 }
@@ -278,7 +278,9 @@ func TestRolePrivileges(t *testing.T) {
 		{"ended runs", sdkQuery(t, "ended_runs"), []any{[]string{run}}, stmtAllowed, stmtAllowed, stmtDenied},
 		{"cancel_run", sdkQuery(t, "cancel_run"), []any{run}, stmtDenied, stmtDenied, stmtDenied},
 		{"claim", sdkQuery(t, "claim"), []any{workerID, []string{"probe"}, []string{"first"}, 1, []bool{true}, time.Second, int64(1)}, stmtAllowed, stmtDenied, stmtDenied},
-		{"complete", sdkQuery(t, "complete"), append(slices.Clone(bogus), []string{"1"}, false), stmtAllowed, stmtDenied, stmtDenied},
+		{"complete", sdkQuery(t, "complete"), append(slices.Clone(bogus), []string{"1"}), stmtAllowed, stmtDenied, stmtDenied},
+		{"complete and claim", sdkQuery(t, "complete_claim"), append(slices.Clone(bogus), []string{"1"},
+			workerID, []string{"probe"}, []string{"first"}, 1, []bool{true}, time.Second, int64(1)), stmtAllowed, stmtDenied, stmtDenied},
 		{"fail", sdkQuery(t, "fail"), append(slices.Clone(bogus), []string{"boom"}, []bool{false}), stmtAllowed, stmtDenied, stmtDenied},
 		{"release", sdkQuery(t, "release"), bogus, stmtAllowed, stmtDenied, stmtDenied},
 		{"complete_task", "SELECT pgflow.complete_task($1::uuid, 'first', 0, 1, '1')", []any{run}, stmtAllowed, stmtDenied, stmtDenied},
@@ -462,7 +464,7 @@ func TestWorkerAndClientRolesRunAFlow(t *testing.T) {
 	if first.RunID != min(runs[0], runs[1]) || first.RunInput == "" {
 		t.Fatalf("claimed %+v", first)
 	}
-	if n := report("complete", first, []string{`{"done": 1}`}, false); n != 1 {
+	if n := report("complete", first, []string{`{"done": 1}`}); n != 1 {
 		t.Fatalf("complete applied %d", n)
 	}
 	if n := report("fail", second, []string{"boom"}, []bool{false}); n != 1 {
@@ -480,7 +482,7 @@ func TestWorkerAndClientRolesRunAFlow(t *testing.T) {
 		t.Fatalf("release applied %d", n)
 	}
 	again := claim("one", 1)[0]
-	if n := report("complete", again, []string{`{"done": 2}`}, false); n != 1 {
+	if n := report("complete", again, []string{`{"done": 2}`}); n != 1 {
 		t.Fatalf("complete applied %d", n)
 	}
 
@@ -490,7 +492,7 @@ func TestWorkerAndClientRolesRunAFlow(t *testing.T) {
 			t.Errorf("task %+v came without its dependency's output", k)
 		}
 		if k.RunID == first.RunID {
-			if n := report("complete", k, []string{`"ok"`}, false); n != 1 {
+			if n := report("complete", k, []string{`"ok"`}); n != 1 {
 				t.Fatalf("complete applied %d", n)
 			}
 		}

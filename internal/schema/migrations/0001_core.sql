@@ -456,19 +456,15 @@ END $$;
 -- Run progression (internal)
 ------------------------------------------------------------------------------
 
--- _end_run ends a started run as failed or cancelled. For a failure, the
--- failing step is marked failed; every other unfinished step and task is
--- cancelled, so late results are fenced out and nothing of the run stays
--- claimable. The caller holds the run row lock. Returns false when the run
--- had already ended.
 -- _notify_tasks announces on pgflow_tasks that tasks of these flows were
--- queued: at once, or, in a transaction whose completions were reported
--- with claim_follows (see complete_tasks), by noting the flows for the
--- claim that follows (_notify_unclaimed). Slugs hold no commas.
+-- queued: at once, or, inside complete_and_claim, by noting the flows for
+-- the claim there (_notify_unclaimed). The note is keyed by the
+-- transaction, so that a value of pgflow.claim_follows set any other way
+-- never holds back an announcement. Slugs hold no commas.
 CREATE FUNCTION pgflow._notify_tasks(p_flows text[]) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-  IF current_setting('pgflow.claim_follows', true) = 'on' THEN
+  IF current_setting('pgflow.claim_follows', true) = pg_current_xact_id()::text THEN
     PERFORM set_config('pgflow.unclaimed_flows',
                        concat_ws(',', nullif(current_setting('pgflow.unclaimed_flows', true), ''),
                                  array_to_string(p_flows, ',')),
@@ -478,10 +474,11 @@ BEGIN
   END IF;
 END $$;
 
--- _notify_unclaimed ends the wait that claim_follows began: it announces
--- the noted flows that still have queued tasks (of steps the claim did not
--- serve, beyond its limit, or not visible yet), and announces at once again
--- from then on.
+-- _notify_unclaimed ends what complete_and_claim began: it announces the
+-- noted flows in which tasks queued now are left queued (of steps the claim
+-- did not ask for, beyond its limit, or not visible yet), and announces at
+-- once again from then on. Queued tasks visible before now were queued by
+-- other transactions, which announce them.
 CREATE FUNCTION pgflow._notify_unclaimed() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -496,10 +493,15 @@ BEGIN
   FROM (SELECT DISTINCT u.flow_slug FROM unnest(string_to_array(v_flows, ',')) AS u(flow_slug)) f
   WHERE EXISTS (SELECT 1
                 FROM pgflow.steps s
-                JOIN pgflow.step_tasks t ON t.step_id = s.step_id AND t.status = 'queued'
+                JOIN pgflow.step_tasks t ON t.step_id = s.step_id AND t.status = 'queued' AND t.visible_at >= now()
                 WHERE s.flow_slug = f.flow_slug);
 END $$;
 
+-- _end_run ends a started run as failed or cancelled. For a failure, the
+-- failing step is marked failed; every other unfinished step and task is
+-- cancelled, so late results are fenced out and nothing of the run stays
+-- claimable. The caller holds the run row lock. Returns false when the run
+-- had already ended.
 CREATE FUNCTION pgflow._end_run(p_run_id uuid, p_status text, p_step_slug text, p_task_index int, p_message text)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
@@ -1103,8 +1105,6 @@ END;
 -- the steps take turns at coming first as turn grows: a worker numbers its
 -- claims (without it, a counter shared by every caller is used, whose turns
 -- other callers' claims can skip).
--- After a completion reported with claim_follows in the same transaction,
--- the claim announces the tasks that completion queued and it left queued.
 CREATE FUNCTION pgflow.claim_tasks(
   worker_id      uuid,
   flow_slugs     text[],
@@ -1135,9 +1135,6 @@ DECLARE
   v_claimed     int;
 BEGIN
   IF claim_tasks.max_tasks IS NULL OR claim_tasks.max_tasks < 1 OR coalesce(cardinality(claim_tasks.flow_slugs), 0) = 0 THEN
-    IF current_setting('pgflow.claim_follows', true) = 'on' THEN
-      PERFORM pgflow._notify_unclaimed();
-    END IF;
     RETURN;
   END IF;
   IF cardinality(claim_tasks.step_slugs) IS DISTINCT FROM cardinality(claim_tasks.flow_slugs)
@@ -1198,9 +1195,6 @@ BEGIN
   END IF;
   v_tids := v_expired || v_queued;
   IF cardinality(v_tids) = 0 THEN
-    IF current_setting('pgflow.claim_follows', true) = 'on' THEN
-      PERFORM pgflow._notify_unclaimed();
-    END IF;
     RETURN;
   END IF;
 
@@ -1266,11 +1260,6 @@ BEGIN
     SET status = 'cancelled', ended_at = now()
     WHERE t.ctid = ANY (v_tids) AND t.status IN ('queued', 'started')
       AND NOT EXISTS (SELECT 1 FROM pgflow.runs r WHERE r.run_id = t.run_id);
-  END IF;
-  -- Completions reported with claim_follows left their announcement to
-  -- this claim (see complete_tasks).
-  IF current_setting('pgflow.claim_follows', true) = 'on' THEN
-    PERFORM pgflow._notify_unclaimed();
   END IF;
 END $$;
 
@@ -1360,22 +1349,15 @@ END $$;
 -- Three paths: fanout tasks that cannot finish their step (the fast path);
 -- single steps, each finished by its one task, in one statement that also
 -- moves their runs on; the other fanout tasks through _complete_batch and
--- _advance (the general path).
---
--- Tasks queued by the completions (a dependent step starting) are
--- announced on pgflow_tasks. With claim_follows, the caller promises to
--- call claim_tasks next in the same transaction: the announcement then
--- waits for that claim, and is made only for flows with tasks still queued
--- after it. A worker that hands the next step of a chain to itself that
--- way does not wake every worker of the flow (itself included) for a
--- task that is already taken.
+-- _advance (the general path). Tasks the completions queue (dependent
+-- steps starting) are announced on pgflow_tasks (see also
+-- complete_and_claim).
 CREATE FUNCTION pgflow.complete_tasks(
-  run_ids       uuid[],
-  step_slugs    text[],
-  task_indexes  int[],
-  attempts      int[],
-  outputs       jsonb[],
-  claim_follows boolean DEFAULT false
+  run_ids      uuid[],
+  step_slugs   text[],
+  task_indexes int[],
+  attempts     int[],
+  outputs      jsonb[]
 ) RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -1401,9 +1383,6 @@ BEGIN
      OR cardinality(attempts) IS DISTINCT FROM cardinality(run_ids)
      OR cardinality(outputs) IS DISTINCT FROM cardinality(run_ids) THEN
     RAISE EXCEPTION 'complete_tasks: argument arrays differ in length' USING ERRCODE = 'PF005';
-  END IF;
-  IF claim_follows THEN
-    PERFORM set_config('pgflow.claim_follows', 'on', true);
   END IF;
 
   -- The fast path: a batch that cannot finish any step (each of its steps
@@ -1585,6 +1564,64 @@ BEGIN
   RETURN v_applied;
 END $$;
 
+-- complete_and_claim is complete_tasks followed by claim_tasks, in one call:
+-- a worker reports its results and claims tasks for its free slots in one
+-- round trip. It returns one row per claimed task, each also carrying how
+-- many completions applied; when no task is claimed, one row with applied
+-- alone (the other columns NULL). The tasks the completions queue are
+-- announced on pgflow_tasks only when the claim leaves some of them queued:
+-- a worker that hands the next step of a chain to itself does not wake
+-- every worker of the flow, itself included, for a task already taken.
+CREATE FUNCTION pgflow.complete_and_claim(
+  run_ids          uuid[],
+  step_slugs       text[],
+  task_indexes     int[],
+  attempts         int[],
+  outputs          jsonb[],
+  worker_id        uuid,
+  claim_flow_slugs text[],
+  claim_step_slugs text[],
+  max_tasks        int,
+  with_run_input   boolean[] DEFAULT NULL,
+  lease_grace      interval DEFAULT '2 seconds',
+  turn             bigint DEFAULT NULL
+) RETURNS TABLE (
+  applied     int,
+  run_id      uuid,
+  flow_slug   text,
+  step_slug   text,
+  task_index  int,
+  attempt     int,
+  timeout     interval,
+  run_input   jsonb,
+  deps_output json,
+  item        jsonb
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_applied int;
+  v_claimed int;
+BEGIN
+  PERFORM set_config('pgflow.claim_follows', pg_current_xact_id()::text, true);
+  v_applied := pgflow.complete_tasks(complete_and_claim.run_ids, complete_and_claim.step_slugs,
+                                     complete_and_claim.task_indexes, complete_and_claim.attempts,
+                                     complete_and_claim.outputs);
+  RETURN QUERY
+  SELECT v_applied, c.run_id, c.flow_slug, c.step_slug, c.task_index, c.attempt, c.timeout,
+         c.run_input, c.deps_output, c.item
+  FROM pgflow.claim_tasks(complete_and_claim.worker_id, complete_and_claim.claim_flow_slugs,
+                          complete_and_claim.claim_step_slugs, complete_and_claim.max_tasks,
+                          complete_and_claim.with_run_input, complete_and_claim.lease_grace,
+                          complete_and_claim.turn) c;
+  GET DIAGNOSTICS v_claimed = ROW_COUNT;
+  IF v_claimed = 0 THEN
+    RETURN QUERY SELECT v_applied, NULL::uuid, NULL::text, NULL::text, NULL::int, NULL::int,
+                        NULL::interval, NULL::jsonb, NULL::json, NULL::jsonb;
+  END IF;
+  PERFORM pgflow._notify_unclaimed();
+END $$;
+
 -- complete_task records one task's output; returns whether it applied.
 CREATE FUNCTION pgflow.complete_task(run_id uuid, step_slug text, task_index int, attempt int, output jsonb)
 RETURNS boolean
@@ -1744,7 +1781,7 @@ END;
 ALTER FUNCTION pgflow.start_flows(text, jsonb[], uuid[]) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
   SET work_mem = '64MB';
 ALTER FUNCTION pgflow.claim_tasks(uuid, text[], text[], int, boolean[], interval, bigint) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
-ALTER FUNCTION pgflow.complete_tasks(uuid[], text[], int[], int[], jsonb[], boolean) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+ALTER FUNCTION pgflow.complete_tasks(uuid[], text[], int[], int[], jsonb[]) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
 ALTER FUNCTION pgflow.fail_tasks(uuid[], text[], int[], int[], text[], boolean[]) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
 ALTER FUNCTION pgflow.release_tasks(uuid[], text[], int[], int[]) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
 ALTER FUNCTION pgflow.cancel_run(uuid) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;

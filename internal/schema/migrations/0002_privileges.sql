@@ -53,7 +53,9 @@ ALTER FUNCTION pgflow.start_flow(text, jsonb, uuid)
   SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION pgflow.claim_tasks(uuid, text[], text[], int, boolean[], interval, bigint)
   SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION pgflow.complete_tasks(uuid[], text[], int[], int[], jsonb[], boolean)
+ALTER FUNCTION pgflow.complete_tasks(uuid[], text[], int[], int[], jsonb[])
+  SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION pgflow.complete_and_claim(uuid[], text[], int[], int[], jsonb[], uuid, text[], text[], int, boolean[], interval, bigint)
   SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION pgflow.complete_task(uuid, text, int, int, jsonb)
   SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
@@ -112,7 +114,8 @@ BEGIN
       ' pgflow.is_valid_slug(text) TO %I',
     -- Tasks.
     'GRANT EXECUTE ON FUNCTION pgflow.claim_tasks(uuid, text[], text[], int, boolean[], interval, bigint),'
-      ' pgflow.complete_tasks(uuid[], text[], int[], int[], jsonb[], boolean),'
+      ' pgflow.complete_tasks(uuid[], text[], int[], int[], jsonb[]),'
+      ' pgflow.complete_and_claim(uuid[], text[], int[], int[], jsonb[], uuid, text[], text[], int, boolean[], interval, bigint),'
       ' pgflow.complete_task(uuid, text, int, int, jsonb),'
       ' pgflow.fail_tasks(uuid[], text[], int[], int[], text[], boolean[]),'
       ' pgflow.fail_task(uuid, text, int, int, text, boolean),'
