@@ -463,32 +463,31 @@ END $$;
 -- never holds back an announcement. Slugs hold no commas.
 CREATE FUNCTION pgflow._notify_tasks(p_flows text[]) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+  v_note text;
 BEGIN
   IF current_setting('pgflow.claim_follows', true) = pg_current_xact_id()::text THEN
-    PERFORM set_config('pgflow.unclaimed_flows',
-                       concat_ws(',', nullif(current_setting('pgflow.unclaimed_flows', true), ''),
-                                 array_to_string(p_flows, ',')),
-                       true);
+    v_note := set_config('pgflow.unclaimed_flows',
+                         concat_ws(',', nullif(current_setting('pgflow.unclaimed_flows', true), ''),
+                                   array_to_string(p_flows, ',')),
+                         true);
   ELSE
     PERFORM pg_notify('pgflow_tasks', f) FROM unnest(p_flows) AS f;
   END IF;
 END $$;
 
--- _notify_unclaimed ends what complete_and_claim began: it announces the
--- noted flows in which tasks queued now are left queued (of steps the claim
--- did not ask for, beyond its limit, or not visible yet), and announces at
--- once again from then on. Queued tasks visible before now were queued by
+-- _notify_unclaimed announces the flows noted by _notify_tasks in which
+-- tasks queued now are left queued after complete_and_claim's claim (of
+-- steps the claim did not ask for, beyond its limit, or not visible yet),
+-- and clears the note. Queued tasks visible before now were queued by
 -- other transactions, which announce them.
 CREATE FUNCTION pgflow._notify_unclaimed() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-  v_flows text := nullif(current_setting('pgflow.unclaimed_flows', true), '');
+  v_flows text := current_setting('pgflow.unclaimed_flows', true);
+  v_note  text;
 BEGIN
-  PERFORM set_config('pgflow.claim_follows', '', true);
-  PERFORM set_config('pgflow.unclaimed_flows', '', true);
-  IF v_flows IS NULL THEN
-    RETURN;
-  END IF;
+  v_note := set_config('pgflow.unclaimed_flows', '', true);
   PERFORM pg_notify('pgflow_tasks', f.flow_slug)
   FROM (SELECT DISTINCT u.flow_slug FROM unnest(string_to_array(v_flows, ',')) AS u(flow_slug)) f
   WHERE EXISTS (SELECT 1
@@ -1602,8 +1601,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
   v_applied int;
   v_claimed int;
+  v_note    text;
 BEGIN
-  PERFORM set_config('pgflow.claim_follows', pg_current_xact_id()::text, true);
+  -- (Assignments, not PERFORM: a plain expression costs no statement.)
+  v_note := set_config('pgflow.claim_follows', pg_current_xact_id()::text, true);
   v_applied := pgflow.complete_tasks(complete_and_claim.run_ids, complete_and_claim.step_slugs,
                                      complete_and_claim.task_indexes, complete_and_claim.attempts,
                                      complete_and_claim.outputs);
@@ -1619,7 +1620,10 @@ BEGIN
     RETURN QUERY SELECT v_applied, NULL::uuid, NULL::text, NULL::text, NULL::int, NULL::int,
                         NULL::interval, NULL::jsonb, NULL::json, NULL::jsonb;
   END IF;
-  PERFORM pgflow._notify_unclaimed();
+  v_note := set_config('pgflow.claim_follows', '', true);
+  IF current_setting('pgflow.unclaimed_flows', true) <> '' THEN
+    PERFORM pgflow._notify_unclaimed();
+  END IF;
 END $$;
 
 -- complete_task records one task's output; returns whether it applied.
