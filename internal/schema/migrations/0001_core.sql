@@ -458,7 +458,7 @@ END $$;
 
 -- _notify_tasks announces on pgflow_tasks that tasks of these flows were
 -- queued: at once, or, inside complete_and_claim, by noting the flows for
--- the claim there (_notify_unclaimed). The note is keyed by the
+-- it to announce after its claim. The note is keyed by the
 -- transaction, so that a value of pgflow.claim_follows set any other way
 -- never holds back an announcement. Slugs hold no commas.
 CREATE FUNCTION pgflow._notify_tasks(p_flows text[]) RETURNS void
@@ -474,26 +474,6 @@ BEGIN
   ELSE
     PERFORM pg_notify('pgflow_tasks', f) FROM unnest(p_flows) AS f;
   END IF;
-END $$;
-
--- _notify_unclaimed announces the flows noted by _notify_tasks in which
--- tasks queued now are left queued after complete_and_claim's claim (of
--- steps the claim did not ask for, beyond its limit, or not visible yet),
--- and clears the note. Queued tasks visible before now were queued by
--- other transactions, which announce them.
-CREATE FUNCTION pgflow._notify_unclaimed() RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-  v_flows text := current_setting('pgflow.unclaimed_flows', true);
-  v_note  text;
-BEGIN
-  v_note := set_config('pgflow.unclaimed_flows', '', true);
-  PERFORM pg_notify('pgflow_tasks', f.flow_slug)
-  FROM (SELECT DISTINCT u.flow_slug FROM unnest(string_to_array(v_flows, ',')) AS u(flow_slug)) f
-  WHERE EXISTS (SELECT 1
-                FROM pgflow.steps s
-                JOIN pgflow.step_tasks t ON t.step_id = s.step_id AND t.status = 'queued' AND t.visible_at >= now()
-                WHERE s.flow_slug = f.flow_slug);
 END $$;
 
 -- _end_run ends a started run as failed or cancelled. For a failure, the
@@ -1602,6 +1582,7 @@ DECLARE
   v_applied int;
   v_claimed int;
   v_note    text;
+  v_flows   text;
 BEGIN
   -- (Assignments, not PERFORM: a plain expression costs no statement.)
   v_note := set_config('pgflow.claim_follows', pg_current_xact_id()::text, true);
@@ -1621,8 +1602,19 @@ BEGIN
                         NULL::interval, NULL::jsonb, NULL::json, NULL::jsonb;
   END IF;
   v_note := set_config('pgflow.claim_follows', '', true);
-  IF current_setting('pgflow.unclaimed_flows', true) <> '' THEN
-    PERFORM pgflow._notify_unclaimed();
+  v_flows := current_setting('pgflow.unclaimed_flows', true);
+  IF v_flows <> '' THEN
+    -- Announce the noted flows in which tasks queued now are left queued
+    -- (of steps the claim did not ask for, beyond its limit, or not
+    -- visible yet). Queued tasks visible before now were queued by other
+    -- transactions, which announce them.
+    v_note := set_config('pgflow.unclaimed_flows', '', true);
+    PERFORM pg_notify('pgflow_tasks', f.flow_slug)
+    FROM (SELECT DISTINCT u.flow_slug FROM unnest(string_to_array(v_flows, ',')) AS u(flow_slug)) f
+    WHERE EXISTS (SELECT 1
+                  FROM pgflow.steps s
+                  JOIN pgflow.step_tasks t ON t.step_id = s.step_id AND t.status = 'queued' AND t.visible_at >= now()
+                  WHERE s.flow_slug = f.flow_slug);
   END IF;
 END $$;
 
