@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgflow-go/pgflow/sdk"
 )
@@ -536,12 +538,36 @@ func TestQueuedTasksAnnouncedAfterTheReportsClaim(t *testing.T) {
 	if err := e.client.EnsureFlows(e.ctx, split, delayed); err != nil {
 		t.Fatal(err)
 	}
+	// The delayed chain's first handler returns only once the claim loop
+	// has asked when a task next becomes visible (nothing, then): without
+	// the announcement, the loop would then sleep until the next poll.
+	asked := &countNextVisible{}
+	cfg := e.pool.Config().Copy()
+	cfg.ConnConfig.Tracer = asked
+	pool, err := pgxpool.NewWithConfig(e.ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
 	const poll = time.Minute
 	one := func(context.Context, *sdk.Task) (any, error) { return 1, nil }
-	e.startWorker(sdk.WorkerOptions{Concurrency: 4, PollInterval: poll}, func(w *sdk.Worker) {
-		w.Handle(split, "a", sdk.HandlerOptions{}, one)
-		w.Handle(delayed, "a", sdk.HandlerOptions{}, one)
-		w.Handle(delayed, "b", sdk.HandlerOptions{}, one)
+	afterAnAnswer := func(context.Context, *sdk.Task) (any, error) {
+		before := asked.n.Load()
+		eventually(t, 10*time.Second, "the claim loop to ask next_visible_at", func() bool { return asked.n.Load() > before })
+		return 1, nil
+	}
+	w := sdk.NewWorker(pool, sdk.WorkerOptions{Concurrency: 4, PollInterval: poll, Logger: testLogger()})
+	w.Handle(split, "a", sdk.HandlerOptions{}, one)
+	w.Handle(delayed, "a", sdk.HandlerOptions{}, afterAnAnswer)
+	w.Handle(delayed, "b", sdk.HandlerOptions{}, one)
+	ctx, cancel := context.WithCancel(e.ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
 	})
 	e.startWorker(sdk.WorkerOptions{Concurrency: 4, PollInterval: poll}, func(w *sdk.Worker) {
 		w.Handle(split, "b", sdk.HandlerOptions{}, one)
@@ -557,5 +583,20 @@ func TestQueuedTasksAnnouncedAfterTheReportsClaim(t *testing.T) {
 				t.Fatalf("%s, run %d: %v (after %v)", f.Slug, i, err, time.Since(start))
 			}
 		}
+	}
+}
+
+// countNextVisible counts the next_visible_at statements a pool has run.
+type countNextVisible struct{ n atomic.Int64 }
+
+type tracedSQL struct{}
+
+func (c *countNextVisible) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	return context.WithValue(ctx, tracedSQL{}, data.SQL)
+}
+
+func (c *countNextVisible) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryEndData) {
+	if sql, _ := ctx.Value(tracedSQL{}).(string); data.Err == nil && strings.Contains(sql, "pgflow.next_visible_at(") {
+		c.n.Add(1)
 	}
 }

@@ -306,6 +306,7 @@ func TestNotifyAfterClaim(t *testing.T) {
 	e.flow("hand", "", step{slug: "a"}, step{slug: "b", deps: []string{"a"}}, step{slug: "c", deps: []string{"b"}})
 	e.flow("spread", "", step{slug: "a"}, step{slug: "b", deps: []string{"a"}, fanout: true})
 	e.flow("later", "", step{slug: "a"}, step{slug: "b", deps: []string{"a"}, extra: "start_delay => '1 hour'"})
+	e.flow("held", "", step{slug: "a"}, step{slug: "b", deps: []string{"a"}}, step{slug: "x", extra: "start_delay => '1 hour'"})
 
 	listener, err := e.pool.Acquire(e.ctx)
 	if err != nil {
@@ -382,6 +383,8 @@ func TestNotifyAfterClaim(t *testing.T) {
 		{"tasks beyond the claim's limit", "spread", []string{"spread.b"}, 2, 2, []string{"spread"}},
 		{"the claim takes every task", "spread", []string{"spread.b"}, 3, 3, nil},
 		{"a delayed task", "later", []string{"later.b"}, 10, 0, []string{"later"}},
+		// x, delayed, was queued by the start, which announced it.
+		{"a task queued earlier", "held", []string{"held.b", "held.x"}, 10, 1, nil},
 	}
 	for _, c := range cases {
 		run := e.start(c.flow, `{}`)
@@ -421,6 +424,39 @@ func TestNotifyAfterClaim(t *testing.T) {
 	}
 	if got := announced(); !slices.Equal(got, []string{"hand"}) {
 		t.Errorf("complete_tasks after complete_and_claim: announced %q, want [hand]", got)
+	}
+	e.exec("SELECT pgflow.cancel_run($1), pgflow.cancel_run($2)", first, second)
+
+	// A complete_and_claim undone by a savepoint leaves nothing noted.
+	first, second = e.start("hand", `{}`), e.start("hand", `{}`)
+	a = e.claim(2, "hand.a")
+	announced()
+	tx, err = e.pool.Begin(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(e.ctx)
+	if _, err := tx.Exec(e.ctx, "SAVEPOINT report"); err != nil {
+		t.Fatal(err)
+	}
+	// The claim's arrays differ in length: it fails after the completion.
+	_, err = tx.Exec(e.ctx, `SELECT * FROM pgflow.complete_and_claim($1::uuid[], $2, $3, $4, $5::jsonb[],
+		'00000000-0000-0000-0000-000000000001', '{hand,hand}', '{b}', 1)`,
+		completeArgs([]task{pick(t, a, first, "a", 0)}, `1`)...)
+	if got := sqlStateOf(err); got != "PF005" {
+		t.Fatalf("complete_and_claim with a bad claim: %v, want PF005", err)
+	}
+	if _, err := tx.Exec(e.ctx, "ROLLBACK TO SAVEPOINT report"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(e.ctx, sideCompleteSQL, completeArgs([]task{pick(t, a, second, "a", 0)}, `1`)...); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := announced(); !slices.Equal(got, []string{"hand"}) {
+		t.Errorf("complete_tasks after an undone complete_and_claim: announced %q, want [hand]", got)
 	}
 	e.exec("SELECT pgflow.cancel_run($1), pgflow.cancel_run($2)", first, second)
 

@@ -434,3 +434,59 @@ func TestFailureLookupReadsOnlyItsTasks(t *testing.T) {
 		})
 	}
 }
+
+// TestAnnouncementCheckReadsOnlyItsStep: after its claim, complete_and_claim
+// looks for tasks left queued of the steps its completions started, each
+// reached by its run and step number, not by its run alone (which would
+// walk the run's other tasks: here a finished fanout's) nor by its step
+// alone (every run's), in custom and in generic plans alike.
+func TestAnnouncementCheckReadsOnlyItsStep(t *testing.T) {
+	t.Parallel()
+	const n, reports = 50, 8 // PL/pgSQL plans generically from the sixth call
+	e := newEngine(t)
+	e.flow("gathered", "", step{slug: "each", fanout: true}, step{slug: "sum", deps: []string{"each"}})
+	items := `[` + strings.TrimSuffix(strings.Repeat(`1,`, n), ",") + `]`
+	conn, plans := explainingConn(t, e)
+	if _, err := conn.Exec(e.ctx, "SET auto_explain.log_analyze = on"); err != nil {
+		t.Fatal(err)
+	}
+	outputs := make([]string, n)
+	for i := range outputs {
+		outputs[i] = "1"
+	}
+	for range reports {
+		run := e.start("gathered", items)
+		tasks := e.claim(n, "gathered.each")
+		if len(tasks) != n {
+			t.Fatalf("claimed %d", len(tasks))
+		}
+		// The claim asks for "each": "sum", started by the last completion,
+		// is left queued and announced.
+		var claimed int
+		if err := conn.QueryRow(e.ctx, `SELECT count(run_id) FROM pgflow.complete_and_claim($1::uuid[], $2, $3, $4, $5::jsonb[],
+			'00000000-0000-0000-0000-000000000001', '{gathered}', '{each}', 10)`,
+			completeArgs(tasks, outputs...)...).Scan(&claimed); err != nil || claimed != 0 {
+			t.Fatalf("complete_and_claim claimed %d, %v", claimed, err)
+		}
+		if got := e.claim(10, "gathered.sum"); len(got) != 1 || got[0].RunID != run {
+			t.Fatalf("claimed %+v, want sum of the run", got)
+		}
+	}
+	// The tasks' scan must be keyed by both: its index condition names
+	// the run and the step number.
+	cond := regexp.MustCompile(`on step_tasks t[^\n]*\n\s*Index Cond: ([^\n]*)`)
+	seen := 0
+	for _, p := range plans() {
+		if !strings.Contains(p, "split_part(u.step, ':', 2)::uuid AS run_id") {
+			continue
+		}
+		seen++
+		m := cond.FindStringSubmatch(p)
+		if m == nil || !strings.Contains(m[1], "run_id =") || !strings.Contains(m[1], "step_id =") {
+			t.Errorf("the announcement check does not reach tasks by run and step:\n%s", p)
+		}
+	}
+	if seen != reports {
+		t.Errorf("%d plans of the announcement check, want %d", seen, reports)
+	}
+}

@@ -456,23 +456,25 @@ END $$;
 -- Run progression (internal)
 ------------------------------------------------------------------------------
 
--- _notify_tasks announces on pgflow_tasks that tasks of these flows were
--- queued: at once, or, inside complete_and_claim, by noting the flows for
--- it to announce after its claim. The note is keyed by the
+-- _notify_tasks announces on pgflow_tasks that steps started and queued
+-- their tasks, each given as 'flow:run:step' (slugs hold no colons or
+-- commas): at once (once per flow), or, inside complete_and_claim, by noting
+-- the steps for it to announce after its claim. The note is keyed by the
 -- transaction, so that a value of pgflow.claim_follows set any other way
--- never holds back an announcement. Slugs hold no commas.
-CREATE FUNCTION pgflow._notify_tasks(p_flows text[]) RETURNS void
+-- never holds back an announcement.
+CREATE FUNCTION pgflow._notify_tasks(p_steps text[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
   v_note text;
 BEGIN
   IF current_setting('pgflow.claim_follows', true) = pg_current_xact_id()::text THEN
-    v_note := set_config('pgflow.unclaimed_flows',
-                         concat_ws(',', nullif(current_setting('pgflow.unclaimed_flows', true), ''),
-                                   array_to_string(p_flows, ',')),
+    v_note := set_config('pgflow.unclaimed_steps',
+                         concat_ws(',', nullif(current_setting('pgflow.unclaimed_steps', true), ''),
+                                   array_to_string(p_steps, ',')),
                          true);
   ELSE
-    PERFORM pg_notify('pgflow_tasks', f) FROM unnest(p_flows) AS f;
+    PERFORM pg_notify('pgflow_tasks', f.flow_slug)
+    FROM (SELECT DISTINCT split_part(u.step, ':', 1) AS flow_slug FROM unnest(p_steps) AS u(step)) f;
   END IF;
 END $$;
 
@@ -537,6 +539,7 @@ DECLARE
   v_new_runs    uuid[];
   v_new_steps   text[];
   v_flows       text[];
+  v_queued      text[];  -- steps that queued tasks, as flow:run:step
   v_bad_runs    uuid[];
   v_bad_steps   text[];
   v_bad_msgs    text[];
@@ -581,12 +584,13 @@ BEGIN
       )
       SELECT coalesce(array_agg(released.run_id) FILTER (WHERE released.status = 'created'), '{}'),
              coalesce(array_agg(released.step_slug) FILTER (WHERE released.status = 'created'), '{}'),
-             coalesce(array_agg(DISTINCT released.flow_slug) FILTER (WHERE released.status = 'started'), '{}')
-      INTO v_new_runs, v_new_steps, v_flows
+             coalesce(array_agg(concat_ws(':', released.flow_slug, released.run_id, released.step_slug))
+                        FILTER (WHERE released.status = 'started'), '{}')
+      INTO v_new_runs, v_new_steps, v_queued
       FROM released WHERE released.remaining_deps = 0;
 
-      IF cardinality(v_flows) > 0 THEN
-        PERFORM pgflow._notify_tasks(v_flows);
+      IF cardinality(v_queued) > 0 THEN
+        PERFORM pgflow._notify_tasks(v_queued);
       END IF;
       v_ready_runs := v_ready_runs || v_new_runs;
       v_ready_steps := v_ready_steps || v_new_steps;
@@ -662,11 +666,12 @@ BEGIN
     )
     SELECT coalesce(array_agg(started.run_id) FILTER (WHERE started.status = 'completed'), '{}'),
            coalesce(array_agg(started.step_slug) FILTER (WHERE started.status = 'completed'), '{}'),
-           coalesce(array_agg(DISTINCT started.flow_slug) FILTER (WHERE started.status = 'started'), '{}'),
+           coalesce(array_agg(concat_ws(':', started.flow_slug, started.run_id, started.step_slug))
+                    FILTER (WHERE started.status = 'started'), '{}'),
            (SELECT array_agg(bad.run_id ORDER BY bad.run_id, bad.step_slug) FROM bad),
            (SELECT array_agg(bad.step_slug ORDER BY bad.run_id, bad.step_slug) FROM bad),
            (SELECT array_agg(bad.message ORDER BY bad.run_id, bad.step_slug) FROM bad)
-    INTO v_done_runs, v_done_steps, v_flows, v_bad_runs, v_bad_steps, v_bad_msgs
+    INTO v_done_runs, v_done_steps, v_queued, v_bad_runs, v_bad_steps, v_bad_msgs
     FROM started;
 
     FOR v_i IN 1 .. coalesce(cardinality(v_bad_runs), 0) LOOP
@@ -675,8 +680,8 @@ BEGIN
 
     -- One notification per flow per statement (Postgres also folds
     -- duplicates within a transaction).
-    IF cardinality(v_flows) > 0 THEN
-      PERFORM pgflow._notify_tasks(v_flows);
+    IF cardinality(v_queued) > 0 THEN
+      PERFORM pgflow._notify_tasks(v_queued);
     END IF;
 
     v_ready_runs := '{}';
@@ -1350,7 +1355,7 @@ DECLARE
   v_rest        int[];  -- positions of the results left to the general path
   v_ready_runs  uuid[];
   v_ready_steps text[];
-  v_flows       text[];
+  v_queued      text[];  -- steps that queued tasks, as flow:run:step
   v_ended       text[];
   v_more        int;
 BEGIN
@@ -1496,17 +1501,18 @@ BEGIN
          ARRAY(SELECT c.ord::int FROM c WHERE c.task_index <> 0
                UNION ALL SELECT k.ord::int FROM k WHERE k.step_type IS DISTINCT FROM 'single'),
          ready.runs, ready.steps,
-         ARRAY(SELECT DISTINCT released.flow_slug FROM released WHERE released.status = 'started'),
+         ARRAY(SELECT concat_ws(':', released.flow_slug, released.run_id, released.step_slug)
+               FROM released WHERE released.status = 'started'),
          ARRAY(SELECT json_build_object('status', 'completed', 'run_ids', json_agg(e.run_id))::text
                FROM (SELECT runs_done.run_id, (row_number() OVER () - 1) / 100 AS chunk
                      FROM runs_done WHERE runs_done.status = 'completed') e
                GROUP BY e.chunk)
-  INTO v_applied, v_rest, v_ready_runs, v_ready_steps, v_flows, v_ended
+  INTO v_applied, v_rest, v_ready_runs, v_ready_steps, v_queued, v_ended
   FROM (SELECT array_agg(released.run_id) AS runs, array_agg(released.step_slug) AS steps
         FROM released WHERE released.status = 'created' AND released.remaining_deps = 0) ready;
 
-  IF cardinality(v_flows) > 0 THEN
-    PERFORM pgflow._notify_tasks(v_flows);
+  IF cardinality(v_queued) > 0 THEN
+    PERFORM pgflow._notify_tasks(v_queued);
   END IF;
   PERFORM pg_notify('pgflow_runs', p) FROM unnest(v_ended) AS p;
 
@@ -1582,7 +1588,7 @@ DECLARE
   v_applied int;
   v_claimed int;
   v_note    text;
-  v_flows   text;
+  v_steps   text;
 BEGIN
   -- (Assignments, not PERFORM: a plain expression costs no statement.)
   v_note := set_config('pgflow.claim_follows', pg_current_xact_id()::text, true);
@@ -1602,19 +1608,27 @@ BEGIN
                         NULL::interval, NULL::jsonb, NULL::json, NULL::jsonb;
   END IF;
   v_note := set_config('pgflow.claim_follows', '', true);
-  v_flows := current_setting('pgflow.unclaimed_flows', true);
-  IF v_flows <> '' THEN
-    -- Announce the noted flows in which tasks queued now are left queued
-    -- (of steps the claim did not ask for, beyond its limit, or not
-    -- visible yet). Queued tasks visible before now were queued by other
-    -- transactions, which announce them.
-    v_note := set_config('pgflow.unclaimed_flows', '', true);
+  v_steps := current_setting('pgflow.unclaimed_steps', true);
+  IF v_steps <> '' THEN
+    -- Announce the flows of the noted steps (started here, so all their
+    -- tasks were queued here) that still have a task queued: of a step the
+    -- claim did not ask for, beyond its limit, or not visible yet. Each
+    -- step's tasks are reached by the primary key (run, step number); the
+    -- status is tested so that the planner cannot prefer the queue index,
+    -- which holds every run's queued tasks of the step.
+    v_note := set_config('pgflow.unclaimed_steps', '', true);
     PERFORM pg_notify('pgflow_tasks', f.flow_slug)
-    FROM (SELECT DISTINCT u.flow_slug FROM unnest(string_to_array(v_flows, ',')) AS u(flow_slug)) f
-    WHERE EXISTS (SELECT 1
-                  FROM pgflow.steps s
-                  JOIN pgflow.step_tasks t ON t.step_id = s.step_id AND t.status = 'queued' AND t.visible_at >= now()
-                  WHERE s.flow_slug = f.flow_slug);
+    FROM (SELECT DISTINCT n.flow_slug
+          FROM (SELECT split_part(u.step, ':', 1) AS flow_slug, split_part(u.step, ':', 2)::uuid AS run_id,
+                       split_part(u.step, ':', 3) AS step_slug
+                FROM unnest(string_to_array(v_steps, ',')) AS u(step)) n
+          JOIN pgflow.steps s ON s.flow_slug = n.flow_slug AND s.step_slug = n.step_slug
+          -- (A lateral subquery with a limit: as EXISTS, the planner
+          -- reached the tasks by the run alone and filtered the step.)
+          CROSS JOIN LATERAL (SELECT 1 FROM pgflow.step_tasks t
+                              WHERE t.run_id = n.run_id AND t.step_id = s.step_id
+                                AND (t.status = 'queued') IS TRUE
+                              LIMIT 1) q) f;
   END IF;
 END $$;
 
