@@ -140,3 +140,58 @@ func TestLargeValuesUseLZ4(t *testing.T) {
 		}
 	}
 }
+
+// functionsFingerprint summarises the pgflow schema's functions: each with
+// its security, settings and body, not its privileges (roles differ).
+func functionsFingerprint(t *testing.T, pool *pgxpool.Pool) string {
+	t.Helper()
+	var fp string
+	err := pool.QueryRow(t.Context(), `
+		SELECT string_agg(p.oid::regprocedure::text || ' ' || p.prosecdef::text || ' ' ||
+		                  coalesce(array_to_string(p.proconfig, ';'), '') || ' ' || md5(p.prosrc),
+		                  E'\n' ORDER BY p.oid::regprocedure::text)
+		FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+		WHERE n.nspname = 'pgflow'`).Scan(&fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fp
+}
+
+// TestUpgradeFromVersion2: a database an older binary migrated to version 2
+// upgrades to the same schema a new database gets, and a role granted what
+// a worker needs before the upgrade may call the worker function added
+// since (complete_and_claim) without being granted again.
+func TestUpgradeFromVersion2(t *testing.T) {
+	t.Parallel()
+	worker := newLoginRole(t, "upgraded_worker")
+	fresh, old := emptyPool(t), emptyPool(t)
+	ctx := t.Context()
+	if _, err := schema.Migrate(ctx, fresh); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := schema.MigrateTo(ctx, old, 2); err != nil || v != 2 {
+		t.Fatalf("migrate to version 2: %d, %v", v, err)
+	}
+	if _, err := old.Exec(ctx, "SELECT pgflow.grant_worker($1)", worker.name); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := schema.Migrate(ctx, old); err != nil || v != schema.LatestVersion() {
+		t.Fatalf("upgrade: %d, %v", v, err)
+	}
+	if got, want := schemaFingerprint(t, old), schemaFingerprint(t, fresh); got != want {
+		t.Errorf("upgraded objects differ from a new database's:\n%s\n%s", got, want)
+	}
+	if got, want := functionsFingerprint(t, old), functionsFingerprint(t, fresh); got != want {
+		t.Errorf("upgraded functions differ from a new database's:\n%s\n\n%s", got, want)
+	}
+	const cac = "pgflow.complete_and_claim(uuid[], text[], int[], int[], jsonb[], uuid, text[], text[], int, boolean[], interval, bigint)"
+	var granted, public bool
+	if err := old.QueryRow(ctx, "SELECT has_function_privilege($1, $2, 'EXECUTE'), has_function_privilege('public', $2, 'EXECUTE')",
+		worker.name, cac).Scan(&granted, &public); err != nil {
+		t.Fatal(err)
+	}
+	if !granted || public {
+		t.Errorf("after the upgrade: the worker role may call complete_and_claim: %v; PUBLIC may: %v", granted, public)
+	}
+}

@@ -90,6 +90,12 @@ func Migrate(ctx context.Context, db Querier) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	return migrate(ctx, db, ms)
+}
+
+// migrate applies the migrations ms (the embedded ones, or the first of
+// them, as a database an older binary migrated would be).
+func migrate(ctx context.Context, db Querier, ms []Migration) (int, error) {
 	tx, err := db.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("pgflow migrate: begin: %w", err)

@@ -456,28 +456,6 @@ END $$;
 -- Run progression (internal)
 ------------------------------------------------------------------------------
 
--- _notify_tasks announces on pgflow_tasks that steps started and queued
--- their tasks, each given as 'flow:run:step' (slugs hold no colons or
--- commas): at once (once per flow), or, inside complete_and_claim, by noting
--- the steps for it to announce after its claim. The note is keyed by the
--- transaction, so that a value of pgflow.claim_follows set any other way
--- never holds back an announcement.
-CREATE FUNCTION pgflow._notify_tasks(p_steps text[]) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-  v_note text;
-BEGIN
-  IF current_setting('pgflow.claim_follows', true) = pg_current_xact_id()::text THEN
-    v_note := set_config('pgflow.unclaimed_steps',
-                         concat_ws(',', nullif(current_setting('pgflow.unclaimed_steps', true), ''),
-                                   array_to_string(p_steps, ',')),
-                         true);
-  ELSE
-    PERFORM pg_notify('pgflow_tasks', f.flow_slug)
-    FROM (SELECT DISTINCT split_part(u.step, ':', 1) AS flow_slug FROM unnest(p_steps) AS u(step)) f;
-  END IF;
-END $$;
-
 -- _end_run ends a started run as failed or cancelled. For a failure, the
 -- failing step is marked failed; every other unfinished step and task is
 -- cancelled, so late results are fenced out and nothing of the run stays
@@ -539,7 +517,6 @@ DECLARE
   v_new_runs    uuid[];
   v_new_steps   text[];
   v_flows       text[];
-  v_queued      text[];  -- steps that queued tasks, as flow:run:step
   v_bad_runs    uuid[];
   v_bad_steps   text[];
   v_bad_msgs    text[];
@@ -584,14 +561,11 @@ BEGIN
       )
       SELECT coalesce(array_agg(released.run_id) FILTER (WHERE released.status = 'created'), '{}'),
              coalesce(array_agg(released.step_slug) FILTER (WHERE released.status = 'created'), '{}'),
-             coalesce(array_agg(concat_ws(':', released.flow_slug, released.run_id, released.step_slug))
-                        FILTER (WHERE released.status = 'started'), '{}')
-      INTO v_new_runs, v_new_steps, v_queued
+             coalesce(array_agg(DISTINCT released.flow_slug) FILTER (WHERE released.status = 'started'), '{}')
+      INTO v_new_runs, v_new_steps, v_flows
       FROM released WHERE released.remaining_deps = 0;
 
-      IF cardinality(v_queued) > 0 THEN
-        PERFORM pgflow._notify_tasks(v_queued);
-      END IF;
+      PERFORM pg_notify('pgflow_tasks', f) FROM unnest(v_flows) AS f;
       v_ready_runs := v_ready_runs || v_new_runs;
       v_ready_steps := v_ready_steps || v_new_steps;
     END IF;
@@ -666,12 +640,11 @@ BEGIN
     )
     SELECT coalesce(array_agg(started.run_id) FILTER (WHERE started.status = 'completed'), '{}'),
            coalesce(array_agg(started.step_slug) FILTER (WHERE started.status = 'completed'), '{}'),
-           coalesce(array_agg(concat_ws(':', started.flow_slug, started.run_id, started.step_slug))
-                    FILTER (WHERE started.status = 'started'), '{}'),
+           coalesce(array_agg(DISTINCT started.flow_slug) FILTER (WHERE started.status = 'started'), '{}'),
            (SELECT array_agg(bad.run_id ORDER BY bad.run_id, bad.step_slug) FROM bad),
            (SELECT array_agg(bad.step_slug ORDER BY bad.run_id, bad.step_slug) FROM bad),
            (SELECT array_agg(bad.message ORDER BY bad.run_id, bad.step_slug) FROM bad)
-    INTO v_done_runs, v_done_steps, v_queued, v_bad_runs, v_bad_steps, v_bad_msgs
+    INTO v_done_runs, v_done_steps, v_flows, v_bad_runs, v_bad_steps, v_bad_msgs
     FROM started;
 
     FOR v_i IN 1 .. coalesce(cardinality(v_bad_runs), 0) LOOP
@@ -680,9 +653,7 @@ BEGIN
 
     -- One notification per flow per statement (Postgres also folds
     -- duplicates within a transaction).
-    IF cardinality(v_queued) > 0 THEN
-      PERFORM pgflow._notify_tasks(v_queued);
-    END IF;
+    PERFORM pg_notify('pgflow_tasks', f) FROM unnest(v_flows) AS f;
 
     v_ready_runs := '{}';
     v_ready_steps := '{}';
@@ -1333,9 +1304,7 @@ END $$;
 -- Three paths: fanout tasks that cannot finish their step (the fast path);
 -- single steps, each finished by its one task, in one statement that also
 -- moves their runs on; the other fanout tasks through _complete_batch and
--- _advance (the general path). Tasks the completions queue (dependent
--- steps starting) are announced on pgflow_tasks (see also
--- complete_and_claim).
+-- _advance (the general path).
 CREATE FUNCTION pgflow.complete_tasks(
   run_ids      uuid[],
   step_slugs   text[],
@@ -1355,7 +1324,7 @@ DECLARE
   v_rest        int[];  -- positions of the results left to the general path
   v_ready_runs  uuid[];
   v_ready_steps text[];
-  v_queued      text[];  -- steps that queued tasks, as flow:run:step
+  v_flows       text[];
   v_ended       text[];
   v_more        int;
 BEGIN
@@ -1480,14 +1449,14 @@ BEGIN
                                                       ORDER BY octet_length(l.slug), l.slug COLLATE "C"), '') || '}')::json
                     FROM (SELECT u.slug, u.output FROM unnest(counts.leaf_slugs, counts.leaf_outputs) AS u(slug, output)
                           UNION ALL
-                          -- (Only a run with step states besides these has
-                          -- others to look at: a one-step run skips the scan,
-                          -- which the planner does as a sort and merge.)
+                          -- (Only a flow with steps besides these has other
+                          -- step states to look at: a one-step run skips the
+                          -- scan, which the planner does as a sort and merge.)
                           SELECT ss.step_slug, ss.output
                           FROM pgflow.step_states ss
-                          WHERE EXISTS (SELECT 1 FROM pgflow.step_states o
-                                        WHERE o.run_id = r.run_id
-                                          AND o.step_slug <> ALL (coalesce(counts.leaf_slugs, '{}')))
+                          WHERE EXISTS (SELECT 1 FROM pgflow.steps s
+                                        WHERE s.flow_slug = r.flow_slug
+                                          AND s.step_slug <> ALL (coalesce(counts.leaf_slugs, '{}')))
                             AND ss.run_id = r.run_id
                             AND ss.step_slug <> ALL (coalesce(counts.leaf_slugs, '{}'))
                             AND NOT EXISTS (SELECT 1 FROM pgflow.deps d
@@ -1501,19 +1470,16 @@ BEGIN
          ARRAY(SELECT c.ord::int FROM c WHERE c.task_index <> 0
                UNION ALL SELECT k.ord::int FROM k WHERE k.step_type IS DISTINCT FROM 'single'),
          ready.runs, ready.steps,
-         ARRAY(SELECT concat_ws(':', released.flow_slug, released.run_id, released.step_slug)
-               FROM released WHERE released.status = 'started'),
+         ARRAY(SELECT DISTINCT released.flow_slug FROM released WHERE released.status = 'started'),
          ARRAY(SELECT json_build_object('status', 'completed', 'run_ids', json_agg(e.run_id))::text
                FROM (SELECT runs_done.run_id, (row_number() OVER () - 1) / 100 AS chunk
                      FROM runs_done WHERE runs_done.status = 'completed') e
                GROUP BY e.chunk)
-  INTO v_applied, v_rest, v_ready_runs, v_ready_steps, v_queued, v_ended
+  INTO v_applied, v_rest, v_ready_runs, v_ready_steps, v_flows, v_ended
   FROM (SELECT array_agg(released.run_id) AS runs, array_agg(released.step_slug) AS steps
         FROM released WHERE released.status = 'created' AND released.remaining_deps = 0) ready;
 
-  IF cardinality(v_queued) > 0 THEN
-    PERFORM pgflow._notify_tasks(v_queued);
-  END IF;
+  PERFORM pg_notify('pgflow_tasks', f) FROM unnest(v_flows) AS f;
   PERFORM pg_notify('pgflow_runs', p) FROM unnest(v_ended) AS p;
 
   -- The general path, for the rest of the batch.
@@ -1547,89 +1513,6 @@ BEGIN
     PERFORM pgflow._advance(v_done_runs, v_done_steps, v_ready_runs, v_ready_steps, coalesce(v_release, false));
   END IF;
   RETURN v_applied;
-END $$;
-
--- complete_and_claim is complete_tasks followed by claim_tasks, in one call:
--- a worker reports its results and claims tasks for its free slots in one
--- round trip. It returns one row per claimed task, each also carrying how
--- many completions applied; when no task is claimed, one row with applied
--- alone (the other columns NULL). The tasks the completions queue are
--- announced on pgflow_tasks only when the claim leaves some of them queued:
--- a worker that hands the next step of a chain to itself does not wake
--- every worker of the flow, itself included, for a task already taken.
-CREATE FUNCTION pgflow.complete_and_claim(
-  run_ids          uuid[],
-  step_slugs       text[],
-  task_indexes     int[],
-  attempts         int[],
-  outputs          jsonb[],
-  worker_id        uuid,
-  claim_flow_slugs text[],
-  claim_step_slugs text[],
-  max_tasks        int,
-  with_run_input   boolean[] DEFAULT NULL,
-  lease_grace      interval DEFAULT '2 seconds',
-  turn             bigint DEFAULT NULL
-) RETURNS TABLE (
-  applied     int,
-  run_id      uuid,
-  flow_slug   text,
-  step_slug   text,
-  task_index  int,
-  attempt     int,
-  timeout     interval,
-  run_input   jsonb,
-  deps_output json,
-  item        jsonb
-)
-LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-  v_applied int;
-  v_claimed int;
-  v_note    text;
-  v_steps   text;
-BEGIN
-  -- (Assignments, not PERFORM: a plain expression costs no statement.)
-  v_note := set_config('pgflow.claim_follows', pg_current_xact_id()::text, true);
-  v_applied := pgflow.complete_tasks(complete_and_claim.run_ids, complete_and_claim.step_slugs,
-                                     complete_and_claim.task_indexes, complete_and_claim.attempts,
-                                     complete_and_claim.outputs);
-  RETURN QUERY
-  SELECT v_applied, c.run_id, c.flow_slug, c.step_slug, c.task_index, c.attempt, c.timeout,
-         c.run_input, c.deps_output, c.item
-  FROM pgflow.claim_tasks(complete_and_claim.worker_id, complete_and_claim.claim_flow_slugs,
-                          complete_and_claim.claim_step_slugs, complete_and_claim.max_tasks,
-                          complete_and_claim.with_run_input, complete_and_claim.lease_grace,
-                          complete_and_claim.turn) c;
-  GET DIAGNOSTICS v_claimed = ROW_COUNT;
-  IF v_claimed = 0 THEN
-    RETURN QUERY SELECT v_applied, NULL::uuid, NULL::text, NULL::text, NULL::int, NULL::int,
-                        NULL::interval, NULL::jsonb, NULL::json, NULL::jsonb;
-  END IF;
-  v_note := set_config('pgflow.claim_follows', '', true);
-  v_steps := current_setting('pgflow.unclaimed_steps', true);
-  IF v_steps <> '' THEN
-    -- Announce the flows of the noted steps (started here, so all their
-    -- tasks were queued here) that still have a task queued: of a step the
-    -- claim did not ask for, beyond its limit, or not visible yet. Each
-    -- step's tasks are reached by the primary key (run, step number); the
-    -- status is tested so that the planner cannot prefer the queue index,
-    -- which holds every run's queued tasks of the step.
-    v_note := set_config('pgflow.unclaimed_steps', '', true);
-    PERFORM pg_notify('pgflow_tasks', f.flow_slug)
-    FROM (SELECT DISTINCT n.flow_slug
-          FROM (SELECT split_part(u.step, ':', 1) AS flow_slug, split_part(u.step, ':', 2)::uuid AS run_id,
-                       split_part(u.step, ':', 3) AS step_slug
-                FROM unnest(string_to_array(v_steps, ',')) AS u(step)) n
-          JOIN pgflow.steps s ON s.flow_slug = n.flow_slug AND s.step_slug = n.step_slug
-          -- (A lateral subquery with a limit: as EXISTS, the planner
-          -- reached the tasks by the run alone and filtered the step.)
-          CROSS JOIN LATERAL (SELECT 1 FROM pgflow.step_tasks t
-                              WHERE t.run_id = n.run_id AND t.step_id = s.step_id
-                                AND (t.status = 'queued') IS TRUE
-                              LIMIT 1) q) f;
-  END IF;
 END $$;
 
 -- complete_task records one task's output; returns whether it applied.

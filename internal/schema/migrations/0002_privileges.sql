@@ -55,8 +55,6 @@ ALTER FUNCTION pgflow.claim_tasks(uuid, text[], text[], int, boolean[], interval
   SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION pgflow.complete_tasks(uuid[], text[], int[], int[], jsonb[])
   SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION pgflow.complete_and_claim(uuid[], text[], int[], int[], jsonb[], uuid, text[], text[], int, boolean[], interval, bigint)
-  SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION pgflow.complete_task(uuid, text, int, int, jsonb)
   SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION pgflow.fail_tasks(uuid[], text[], int[], int[], text[], boolean[])
@@ -115,7 +113,6 @@ BEGIN
     -- Tasks.
     'GRANT EXECUTE ON FUNCTION pgflow.claim_tasks(uuid, text[], text[], int, boolean[], interval, bigint),'
       ' pgflow.complete_tasks(uuid[], text[], int[], int[], jsonb[]),'
-      ' pgflow.complete_and_claim(uuid[], text[], int[], int[], jsonb[], uuid, text[], text[], int, boolean[], interval, bigint),'
       ' pgflow.complete_task(uuid, text, int, int, jsonb),'
       ' pgflow.fail_tasks(uuid[], text[], int[], int[], text[], boolean[]),'
       ' pgflow.fail_task(uuid, text, int, int, text, boolean),'
