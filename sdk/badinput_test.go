@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"strings"
@@ -203,6 +204,17 @@ func TestSchemaChecks(t *testing.T) {
 	registerLinear(w)
 	if err := w.Run(e.ctx); !errors.Is(err, sdk.ErrSchemaTooNew) {
 		t.Fatalf("Run on a newer schema: %v", err)
+	}
+
+	// A database an older pgflow migrated: the worker asks for Migrate
+	// instead of failing at its first report.
+	if _, err := e.pool.Exec(e.ctx, "DELETE FROM pgflow.schema_migrations WHERE version >= $1", sdk.SchemaVersion()); err != nil {
+		t.Fatal(err)
+	}
+	w = sdk.NewWorker(e.pool, sdk.WorkerOptions{Logger: testLogger()})
+	registerLinear(w)
+	if err := w.Run(e.ctx); !errors.Is(err, sdk.ErrSchemaOutdated) || !strings.Contains(err.Error(), fmt.Sprintf("version %d", sdk.SchemaVersion()-1)) {
+		t.Fatalf("Run on an older schema: %v", err)
 	}
 
 	if _, err := e.pool.Exec(e.ctx, "DROP SCHEMA pgflow CASCADE"); err != nil {

@@ -26,6 +26,10 @@ var (
 	// ErrSchemaMissing reports a database without the pgflow schema; call
 	// Migrate first.
 	ErrSchemaMissing = errors.New("pgflow: schema not installed (call sdk.Migrate)")
+	// ErrSchemaOutdated reports a database whose pgflow schema is older
+	// than the one a worker of this version needs; call Migrate first
+	// (workers of the previous version keep working with the new schema).
+	ErrSchemaOutdated = errors.New("pgflow: schema older than this worker needs (call sdk.Migrate)")
 )
 
 // RunError describes a run that did not complete. It matches ErrRunFailed

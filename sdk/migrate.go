@@ -34,7 +34,8 @@ func SchemaVersion() int {
 }
 
 // checkSchema refuses a database without the pgflow schema, or with one
-// newer than this package knows.
+// older or newer than this package's (a worker calls functions of the
+// latest version).
 func checkSchema(ctx context.Context, db interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }) error {
@@ -44,6 +45,9 @@ func checkSchema(ctx context.Context, db interface {
 		return err
 	case v == 0:
 		return ErrSchemaMissing
+	case v < schema.LatestVersion():
+		return fmt.Errorf("%w: the database is at version %d, this worker needs version %d",
+			ErrSchemaOutdated, v, schema.LatestVersion())
 	case v > schema.LatestVersion():
 		return fmt.Errorf("%w: the database is at version %d, this binary knows versions 1 to %d; upgrade pgflow",
 			ErrSchemaTooNew, v, schema.LatestVersion())

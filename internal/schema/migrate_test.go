@@ -142,13 +142,13 @@ func TestLargeValuesUseLZ4(t *testing.T) {
 }
 
 // functionsFingerprint summarises the pgflow schema's functions: each with
-// its security, settings and body, not its privileges (roles differ).
+// its security, settings, privileges and body.
 func functionsFingerprint(t *testing.T, pool *pgxpool.Pool) string {
 	t.Helper()
 	var fp string
 	err := pool.QueryRow(t.Context(), `
 		SELECT string_agg(p.oid::regprocedure::text || ' ' || p.prosecdef::text || ' ' ||
-		                  coalesce(array_to_string(p.proconfig, ';'), '') || ' ' || md5(p.prosrc),
+		                  coalesce(array_to_string(p.proconfig, ';'), '') || ' ' || coalesce(p.proacl::text, '') || ' ' || md5(p.prosrc),
 		                  E'\n' ORDER BY p.oid::regprocedure::text)
 		FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
 		WHERE n.nspname = 'pgflow'`).Scan(&fp)
@@ -178,6 +178,9 @@ func TestUpgradeFromVersion2(t *testing.T) {
 	}
 	if v, err := schema.Migrate(ctx, old); err != nil || v != schema.LatestVersion() {
 		t.Fatalf("upgrade: %d, %v", v, err)
+	}
+	if _, err := fresh.Exec(ctx, "SELECT pgflow.grant_worker($1)", worker.name); err != nil {
+		t.Fatal(err)
 	}
 	if got, want := schemaFingerprint(t, old), schemaFingerprint(t, fresh); got != want {
 		t.Errorf("upgraded objects differ from a new database's:\n%s\n%s", got, want)

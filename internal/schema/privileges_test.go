@@ -162,8 +162,26 @@ func sqlStateOf(err error) string {
 // catalog, so that a later migration cannot quietly break them.
 func TestPrivilegeCatalog(t *testing.T) {
 	t.Parallel()
-	e := newEngine(t)
+	t.Run("new database", func(t *testing.T) {
+		t.Parallel()
+		checkPrivilegeCatalog(t, newEngine(t))
+	})
+	t.Run("upgraded from version 2", func(t *testing.T) {
+		t.Parallel()
+		pool := emptyPool(t)
+		if _, err := schema.MigrateTo(t.Context(), pool, 2); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := schema.Migrate(t.Context(), pool); err != nil {
+			t.Fatal(err)
+		}
+		checkPrivilegeCatalog(t, &engine{t: t, ctx: t.Context(), pool: pool})
+	})
+}
 
+// checkPrivilegeCatalog checks the rules of 0002_privileges.sql in the
+// catalog of e's database.
+func checkPrivilegeCatalog(t *testing.T, e *engine) {
 	type fn struct {
 		Name     string
 		Definer  bool
@@ -191,6 +209,9 @@ func TestPrivilegeCatalog(t *testing.T) {
 			if !slices.Contains(f.Config, "search_path=pg_catalog, pg_temp") {
 				t.Errorf("pgflow.%s is SECURITY DEFINER with settings %q: its search_path is not pinned", f.Name, f.Config)
 			}
+		}
+		if strings.HasPrefix(f.Name, "grant_") && !slices.Contains(f.Config, "search_path=pg_catalog, pg_temp") {
+			t.Errorf("pgflow.%s has settings %q: its search_path is not pinned", f.Name, f.Config)
 		}
 		if slices.Contains(genericPlanFunctions, f.Name) &&
 			(!slices.Contains(f.Config, "plan_cache_mode=force_generic_plan") || !slices.Contains(f.Config, "enable_seqscan=off")) {

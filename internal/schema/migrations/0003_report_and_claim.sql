@@ -553,8 +553,9 @@ ALTER FUNCTION pgflow.complete_and_claim(uuid[], text[], int[], int[], jsonb[], 
 REVOKE ALL ON FUNCTION pgflow._notify_tasks(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgflow.complete_and_claim(uuid[], text[], int[], int[], jsonb[], uuid, text[], text[], int, boolean[], interval, bigint) FROM PUBLIC;
 
--- Roles already granted what a worker needs (EXECUTE on claim_tasks) get
--- the new worker function too, and grant_worker grants it from now on.
+-- Roles already granted what a worker needs (EXECUTE on claim_tasks and
+-- complete_tasks) get the new worker function too, and grant_worker grants
+-- it from now on.
 DO $$
 DECLARE
   v_role name;
@@ -566,6 +567,8 @@ BEGIN
     JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
     WHERE p.oid = 'pgflow.claim_tasks(uuid, text[], text[], int, boolean[], interval, bigint)'::regprocedure
       AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner
+      AND pg_catalog.has_function_privilege(a.grantee,
+            'pgflow.complete_tasks(uuid[], text[], int[], int[], jsonb[])'::regprocedure, 'EXECUTE')
   LOOP
     EXECUTE format('GRANT EXECUTE ON FUNCTION pgflow.complete_and_claim(uuid[], text[], int[], int[], jsonb[], uuid, text[], text[], int, boolean[], interval, bigint) TO %I', v_role);
   END LOOP;
