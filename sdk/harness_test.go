@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgflow-go/pgflow/internal/testdb"
@@ -56,10 +57,16 @@ type runningWorker struct {
 // test ends (or stop is called).
 func (e *env) startWorker(opts sdk.WorkerOptions, register func(w *sdk.Worker)) *runningWorker {
 	e.t.Helper()
+	return e.startWorkerOn(e.pool, opts, register)
+}
+
+// startWorkerOn is startWorker with a worker using pool.
+func (e *env) startWorkerOn(pool *pgxpool.Pool, opts sdk.WorkerOptions, register func(w *sdk.Worker)) *runningWorker {
+	e.t.Helper()
 	if opts.Logger == nil {
 		opts.Logger = testLogger()
 	}
-	w := sdk.NewWorker(e.pool, opts)
+	w := sdk.NewWorker(pool, opts)
 	register(w)
 	ctx, cancel := context.WithCancel(context.Background())
 	rw := &runningWorker{Worker: w, cancel: cancel, done: make(chan error, 1)}
@@ -95,6 +102,20 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// tracedPool opens a pool to the test's database whose connections report
+// their statements to tracer; it closes when the test ends.
+func (e *env) tracedPool(tracer pgx.QueryTracer) *pgxpool.Pool {
+	e.t.Helper()
+	cfg := e.pool.Config().Copy()
+	cfg.ConnConfig.Tracer = tracer
+	pool, err := pgxpool.NewWithConfig(e.ctx, cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(pool.Close)
+	return pool
 }
 
 // waitCtx bounds a Wait call.

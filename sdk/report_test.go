@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgflow-go/pgflow/sdk"
 )
@@ -212,13 +211,7 @@ func TestShutdownWaitsForAReportsClaim(t *testing.T) {
 		{Slug: "a"}, {Slug: "b", Deps: []string{"a"}}}})
 
 	tracer := &holdFirstReport{entered: make(chan struct{}), release: make(chan struct{})}
-	cfg := e.pool.Config().Copy()
-	cfg.ConnConfig.Tracer = tracer
-	pool, err := pgxpool.NewWithConfig(e.ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := e.tracedPool(tracer)
 
 	stopping := make(chan struct{})
 	logger := slog.New(&onMessage{message: "pgflow: worker stopping", seen: stopping})

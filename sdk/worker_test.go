@@ -12,7 +12,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgflow-go/pgflow/sdk"
 )
@@ -542,13 +541,6 @@ func TestQueuedTasksAnnouncedAfterTheReportsClaim(t *testing.T) {
 	// has asked when a task next becomes visible (nothing, then): without
 	// the announcement, the loop would then sleep until the next poll.
 	asked := &countNextVisible{}
-	cfg := e.pool.Config().Copy()
-	cfg.ConnConfig.Tracer = asked
-	pool, err := pgxpool.NewWithConfig(e.ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
 	const poll = time.Minute
 	one := func(context.Context, *sdk.Task) (any, error) { return 1, nil }
 	afterAnAnswer := func(context.Context, *sdk.Task) (any, error) {
@@ -556,18 +548,10 @@ func TestQueuedTasksAnnouncedAfterTheReportsClaim(t *testing.T) {
 		eventually(t, 10*time.Second, "the claim loop to ask next_visible_at", func() bool { return asked.n.Load() > before })
 		return 1, nil
 	}
-	w := sdk.NewWorker(pool, sdk.WorkerOptions{Concurrency: 4, PollInterval: poll, Logger: testLogger()})
-	w.Handle(split, "a", sdk.HandlerOptions{}, one)
-	w.Handle(delayed, "a", sdk.HandlerOptions{}, afterAnAnswer)
-	w.Handle(delayed, "b", sdk.HandlerOptions{}, one)
-	ctx, cancel := context.WithCancel(e.ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
+	e.startWorkerOn(e.tracedPool(asked), sdk.WorkerOptions{Concurrency: 4, PollInterval: poll}, func(w *sdk.Worker) {
+		w.Handle(split, "a", sdk.HandlerOptions{}, one)
+		w.Handle(delayed, "a", sdk.HandlerOptions{}, afterAnAnswer)
+		w.Handle(delayed, "b", sdk.HandlerOptions{}, one)
 	})
 	e.startWorker(sdk.WorkerOptions{Concurrency: 4, PollInterval: poll}, func(w *sdk.Worker) {
 		w.Handle(split, "b", sdk.HandlerOptions{}, one)

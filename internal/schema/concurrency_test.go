@@ -341,14 +341,10 @@ func TestNotifyAfterClaim(t *testing.T) {
 	report := func(q querier, a task, max int, steps ...string) (applied int, claimed []task) {
 		t.Helper()
 		var (
-			flows, slugs []string
-			run, step    string
-			index        int
+			run, step string
+			index     int
 		)
-		for _, s := range steps {
-			f, st, _ := strings.Cut(s, ".")
-			flows, slugs = append(flows, f), append(slugs, st)
-		}
+		flows, slugs := splitSteps(steps)
 		rows, err := q.Query(e.ctx, `
 			SELECT applied, coalesce(run_id::text, ''), coalesce(step_slug, ''), coalesce(task_index, -1)
 			FROM pgflow.complete_and_claim($1::uuid[], $2, $3, $4, $5::jsonb[],

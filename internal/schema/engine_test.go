@@ -932,11 +932,7 @@ func TestClaimTurnsArePerCaller(t *testing.T) {
 	}
 	claim := func(limit int, turn int64, steps ...string) map[string]int {
 		t.Helper()
-		var flows, slugs []string
-		for _, s := range steps {
-			f, st, _ := strings.Cut(s, ".")
-			flows, slugs = append(flows, f), append(slugs, st)
-		}
+		flows, slugs := splitSteps(steps)
 		got := map[string]int{}
 		rows, err := e.pool.Query(e.ctx, `SELECT flow_slug FROM pgflow.claim_tasks(gen_random_uuid(), $1, $2, $3, NULL, '2 seconds', $4)`,
 			flows, slugs, limit, turn)

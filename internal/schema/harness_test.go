@@ -120,13 +120,19 @@ type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
-func claimOn(t testing.TB, ctx context.Context, q querier, limit int, steps ...string) []task {
-	t.Helper()
-	var flows, slugs []string
+// splitSteps splits "flow.step" names into the flow and step slug arrays
+// the claim functions take.
+func splitSteps(steps []string) (flows, slugs []string) {
 	for _, s := range steps {
 		f, st, _ := strings.Cut(s, ".")
 		flows, slugs = append(flows, f), append(slugs, st)
 	}
+	return flows, slugs
+}
+
+func claimOn(t testing.TB, ctx context.Context, q querier, limit int, steps ...string) []task {
+	t.Helper()
+	flows, slugs := splitSteps(steps)
 	rows, err := q.Query(ctx, `
 		SELECT run_id::text, flow_slug, step_slug, task_index, attempt, timeout,
 		       coalesce(run_input::text, ''), coalesce(deps_output::text, ''), coalesce(item::text, '')
