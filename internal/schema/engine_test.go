@@ -1,12 +1,16 @@
 package schema_test
 
 import (
+	"errors"
 	"fmt"
-	"github.com/jackc/pgx/v5"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgflow-go/pgflow/internal/testdb"
 )
@@ -317,6 +321,67 @@ func TestRootFanout(t *testing.T) {
 		t.Errorf("rejected inputs created %d runs", n-runsBefore)
 	}
 	jsonEqual(t, "input kept", scalar[string](e, "SELECT input::text FROM pgflow.runs WHERE run_id = $1::uuid", run), `[10, 20]`)
+}
+
+// TestStartRootFanouts: one call starting several runs of a flow whose
+// root step fans out gives each run its own input and a task per element of
+// it, in order and exactly as jsonb holds the element; a run over [] ends
+// at once. An input that is not an array is named by its position, and
+// then no run starts.
+func TestStartRootFanouts(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("roots", "", step{slug: "each", fanout: true})
+	inputs := [][]string{
+		{`1`, `"two"`, `null`, `{"b": [true, null], "a": 1.50}`, `[]`, `"\"é\" \\ \u263a"`, `1e2`, `-0`},
+		{},
+		{`{"k": "x"}`},
+		{`[[1], [2, [3]]]`, `false`},
+	}
+	texts := make([]string, len(inputs))
+	for i, elems := range inputs {
+		texts[i] = "[" + strings.Join(elems, ", ") + "]"
+	}
+	runs := scalar[[]string](e, "SELECT pgflow.start_flows('roots', $1::jsonb[])::text[]", texts)
+	if len(runs) != len(inputs) {
+		t.Fatalf("started %d runs, want %d", len(runs), len(inputs))
+	}
+	for i, run := range runs {
+		jsonEqual(t, fmt.Sprintf("input of run %d", i), scalar[string](e, "SELECT input::text FROM pgflow.runs WHERE run_id = $1::uuid", run), texts[i])
+		items := scalar[[]string](e, `SELECT coalesce(array_agg(item::text ORDER BY task_index), '{}') FROM pgflow.step_tasks
+			WHERE run_id = $1::uuid AND step_slug = 'each'`, run)
+		want := make([]string, len(inputs[i]))
+		for k, elem := range inputs[i] {
+			want[k] = scalar[string](e, "SELECT $1::jsonb::text", elem)
+		}
+		if diff := cmp.Diff(want, items); diff != "" {
+			t.Errorf("items of run %d (-want +got):\n%s", i, diff)
+		}
+		if len(inputs[i]) == 0 {
+			if r := e.run(run); r.Status != "completed" {
+				t.Errorf("run %d over []: status %q, want completed", i, r.Status)
+			}
+		}
+	}
+
+	runsBefore := scalar[int](e, "SELECT count(*)::int FROM pgflow.runs")
+	for _, tc := range []struct {
+		inputs []*string
+		want   string
+	}{
+		{[]*string{new(`[1]`), new(`{"a": 1}`), new(`[2]`)}, "got object (input 2 of 3)"},
+		{[]*string{nil, new(`[1]`)}, "got null (input 1 of 2)"},
+		{[]*string{new(`[1]`), new(`"x"`)}, "got string (input 2 of 2)"},
+	} {
+		_, err := e.pool.Exec(e.ctx, "SELECT pgflow.start_flows('roots', $1::jsonb[])", tc.inputs)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "PF002" || !strings.HasSuffix(pgErr.Message, tc.want) {
+			t.Errorf("inputs %v: error %v, want PF002 ending %q", tc.inputs, err, tc.want)
+		}
+	}
+	if n := scalar[int](e, "SELECT count(*)::int FROM pgflow.runs"); n != runsBefore {
+		t.Errorf("rejected calls created %d runs", n-runsBefore)
+	}
 }
 
 func TestRetries(t *testing.T) {

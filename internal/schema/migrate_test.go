@@ -3,6 +3,7 @@ package schema_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 
@@ -196,5 +197,61 @@ func TestUpgradeFromVersion2(t *testing.T) {
 	}
 	if !granted || public {
 		t.Errorf("after the upgrade: the worker role may call complete_and_claim: %v; PUBLIC may: %v", granted, public)
+	}
+}
+
+// functionAttributes maps each function of the pgflow schema to its
+// security, settings and privileges.
+func functionAttributes(t *testing.T, pool *pgxpool.Pool) map[string]string {
+	t.Helper()
+	rows, err := pool.Query(t.Context(), `
+		SELECT p.oid::regprocedure::text,
+		       p.prosecdef::text || ' ' || coalesce(array_to_string(p.proconfig, ';'), '') || ' ' || coalesce(p.proacl::text, '')
+		FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+		WHERE n.nspname = 'pgflow'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	attrs := map[string]string{}
+	for rows.Next() {
+		var name, a string
+		if err := rows.Scan(&name, &a); err != nil {
+			t.Fatal(err)
+		}
+		attrs[name] = a
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return attrs
+}
+
+// TestUpgradesKeepFunctionAttributes: a function that a later version
+// replaces keeps its security, settings and privileges. CREATE OR REPLACE
+// keeps only the privileges, so a migration replacing a function must
+// restate the rest. (Version 2 sets them for version 1's functions, so the
+// upgrades checked start at version 2.)
+func TestUpgradesKeepFunctionAttributes(t *testing.T) {
+	t.Parallel()
+	for from := 2; from < schema.LatestVersion(); from++ {
+		t.Run(fmt.Sprintf("from version %d", from), func(t *testing.T) {
+			t.Parallel()
+			pool := emptyPool(t)
+			if v, err := schema.MigrateTo(t.Context(), pool, from); err != nil || v != from {
+				t.Fatalf("migrate to version %d: %d, %v", from, v, err)
+			}
+			before := functionAttributes(t, pool)
+			if _, err := schema.Migrate(t.Context(), pool); err != nil {
+				t.Fatal(err)
+			}
+			after := functionAttributes(t, pool)
+			for name, want := range before {
+				if got, ok := after[name]; !ok {
+					t.Errorf("%s: gone after the upgrade", name)
+				} else if got != want {
+					t.Errorf("%s: security, settings and privileges %q after the upgrade, %q before", name, got, want)
+				}
+			}
+		})
 	}
 }
