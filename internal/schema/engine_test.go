@@ -1,6 +1,7 @@
 package schema_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -381,6 +382,78 @@ func TestStartRootFanouts(t *testing.T) {
 	}
 	if n := scalar[int](e, "SELECT count(*)::int FROM pgflow.runs"); n != runsBefore {
 		t.Errorf("rejected calls created %d runs", n-runsBefore)
+	}
+}
+
+// TestStartFlowsArrays: start_flows takes its inputs and run ids element
+// by element in storage order, whatever the arrays' bounds and dimensions;
+// a missing input is JSON null; root steps of both kinds start together,
+// each with its own start delay, in runs named by the caller.
+func TestStartFlowsArrays(t *testing.T) {
+	t.Parallel()
+	e := newEngine(t)
+	e.flow("one", "", step{slug: "a"})
+	e.flow("mixed", "",
+		step{slug: "a", extra: "start_delay => '20 minutes'"},
+		step{slug: "b", fanout: true, extra: "start_delay => '10 minutes'"},
+		step{slug: "c", deps: []string{"a", "b"}})
+	tests := []struct {
+		name   string
+		flow   string
+		call   string // the inputs and run ids arguments
+		inputs []string
+		runIDs []string // run ids given, if any
+	}{
+		{"from index 0", "one", `'[0:1]={"1","2"}'::jsonb[]`, []string{`1`, `2`}, nil},
+		{"from index 2", "one", `'[2:3]={"1","2"}'::jsonb[]`, []string{`1`, `2`}, nil},
+		{"two dimensions", "one", `ARRAY[['1','2'],['3','4']]::jsonb[]`, []string{`1`, `2`, `3`, `4`}, nil},
+		{"a missing input", "one", `ARRAY[NULL, '{"k": 1}']::jsonb[]`, []string{`null`, `{"k": 1}`}, nil},
+		{"run ids from index 0", "one",
+			`'{"1","2"}'::jsonb[], '[0:1]={00000000-0000-7000-8000-00000000000a,00000000-0000-7000-8000-00000000000b}'::uuid[]`,
+			[]string{`1`, `2`}, []string{"00000000-0000-7000-8000-00000000000a", "00000000-0000-7000-8000-00000000000b"}},
+		{"root steps of both kinds", "mixed",
+			`'{"[1, 2]","[3]","[]"}'::jsonb[], '{00000000-0000-7000-8000-00000000000c,00000000-0000-7000-8000-00000000000d,00000000-0000-7000-8000-00000000000e}'::uuid[]`,
+			[]string{`[1, 2]`, `[3]`, `[]`},
+			[]string{"00000000-0000-7000-8000-00000000000c", "00000000-0000-7000-8000-00000000000d", "00000000-0000-7000-8000-00000000000e"}},
+		{"root fanout from index 0", "mixed", `'[0:1]={"[4]","[5, 6]"}'::jsonb[]`, []string{`[4]`, `[5, 6]`}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			runs := scalar[[]string](e, "SELECT pgflow.start_flows('"+tc.flow+"', "+tc.call+")::text[]")
+			if len(runs) != len(tc.inputs) {
+				t.Fatalf("started %d runs, want %d", len(runs), len(tc.inputs))
+			}
+			if tc.runIDs != nil {
+				if diff := cmp.Diff(tc.runIDs, runs); diff != "" {
+					t.Errorf("run ids (-want +got):\n%s", diff)
+				}
+			}
+			for i, run := range runs {
+				jsonEqual(t, fmt.Sprintf("input of run %d", i), scalar[string](e, "SELECT input::text FROM pgflow.runs WHERE run_id = $1::uuid", run), tc.inputs[i])
+				if tc.flow != "mixed" {
+					continue
+				}
+				// a: one task, due in 20 minutes; b: a task per element, due in
+				// 10 minutes (over [], b completes at once and no task is queued).
+				tasks := scalar[[]string](e, `SELECT coalesce(array_agg(format('%s %s %s', step_slug, coalesce(item::text, '-'),
+					round(extract(epoch FROM visible_at - now()) / 60)) ORDER BY step_slug, task_index), '{}')
+					FROM pgflow.step_tasks WHERE run_id = $1::uuid`, run)
+				var elems []json.RawMessage
+				mustUnmarshal(t, tc.inputs[i], &elems)
+				want := []string{"a - 20"}
+				for _, el := range elems {
+					want = append(want, fmt.Sprintf("b %s 10", el))
+				}
+				if diff := cmp.Diff(want, tasks); diff != "" {
+					t.Errorf("tasks of run %d (-want +got):\n%s", i, diff)
+				}
+				if len(elems) == 0 {
+					if got := e.run(run).stepStatuses()["b"]; got != "completed" {
+						t.Errorf("run %d: fanout over [] is %q, want completed", i, got)
+					}
+				}
+			}
+		})
 	}
 }
 

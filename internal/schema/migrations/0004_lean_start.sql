@@ -6,7 +6,10 @@
 -- elements: five copies of a 10 MB input on top of the one the call itself
 -- holds, each in freshly allocated memory. Now the statements go through
 -- the inputs by position and take each element by its index; the runs and
--- tasks written are the same.
+-- tasks written are the same. Inputs and run ids given in arrays that do
+-- not start at 1, or have more than one dimension, are taken in storage
+-- order, as unnest took the inputs (version 1 paired such run ids with the
+-- wrong inputs).
 --
 -- CREATE OR REPLACE keeps a function's privileges but not its settings or
 -- SECURITY DEFINER: start_flows gets those of versions 1 and 2 again.
@@ -28,6 +31,15 @@ DECLARE
 BEGIN
   IF inputs IS NULL OR cardinality(inputs) = 0 THEN
     RETURN '{}';
+  END IF;
+  -- The statements below reach inputs and run ids by position from 1. An
+  -- array that starts elsewhere or has more dimensions (a[0] := ... in
+  -- PL/pgSQL starts at 0) is taken element by element in storage order.
+  IF array_lower(inputs, 1) <> 1 OR array_ndims(inputs) > 1 THEN
+    inputs := ARRAY(SELECT unnest(inputs));
+  END IF;
+  IF array_lower(start_flows.run_ids, 1) <> 1 OR array_ndims(start_flows.run_ids) > 1 THEN
+    start_flows.run_ids := ARRAY(SELECT unnest(start_flows.run_ids));
   END IF;
   IF run_ids IS NOT NULL AND cardinality(run_ids) <> cardinality(inputs) THEN
     RAISE EXCEPTION 'start_flows: % run ids for % inputs', cardinality(run_ids), cardinality(inputs)
