@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -54,11 +55,34 @@ func modulePath(gomod []byte) string {
 // requireBlocks returns the require directives of a go.mod.
 var requireBlocks = regexp.MustCompile(`(?ms)^require\s*\(.*?^\)\s*$|^require\s+[^(\n][^\n]*$`)
 
+// moduleGraph loads the repository's whole module graph once per process.
+var moduleGraph = sync.OnceValue(func() error {
+	root, err := RepoRoot()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("go", "list", "-m", "all")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go list -m all: %w\n%s", err, out)
+	}
+	return nil
+})
+
 // New writes a module named modPath into a new temporary directory of t,
 // with files (slash-separated paths relative to the module root, mapped to
 // their contents), and returns its directory.
+//
+// The go command run offline in such a module may need the go.mod of every
+// module in the repository's module graph, not only of those a build
+// downloads (resolving a package outside the build list does): New loads
+// the graph once, in the repository with the test's own environment, so
+// that the module cache holds it.
 func New(t testing.TB, modPath string, files map[string][]byte) string {
 	t.Helper()
+	if err := moduleGraph(); err != nil {
+		t.Fatalf("loading the module graph of %s into the module cache: %v", Module, err)
+	}
 	root, err := RepoRoot()
 	if err != nil {
 		t.Fatal(err)
